@@ -1,0 +1,53 @@
+"""Command-line interface: a thin layer over the Python API.
+
+Each command group lives in its own module with a ``register(subparsers)`` function that adds its
+sub-parser and sets ``handler`` to a function ``(argparse.Namespace) -> int``. User errors
+(:class:`~nucleisam.errors.NucleisamError`) are printed without a traceback and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from nucleisam import __version__
+from nucleisam.errors import NucleisamError
+
+# Command-group modules, in the order `nucleisam --help` lists them.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nucleisam",
+        description="Fine-tune MobileSAM with LoRA for nuclei instance segmentation, "
+        "evaluate it honestly, and run it on new H&E images.",
+    )
+    parser.add_argument("--version", action="version", version=f"nucleisam {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(handler(args) or 0)
+    except NucleisamError as exc:
+        print(f"nucleisam: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nucleisam: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

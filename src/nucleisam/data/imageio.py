@@ -1,0 +1,83 @@
+"""Reading H&E images from disk into one canonical form: RGB ``uint8`` arrays of shape (H, W, 3).
+
+PNG and JPEG go through Pillow; TIFF (plain, tiled, BigTIFF, pyramidal: level 0 is read) through
+tifffile. RGBA loses its alpha channel, 16-bit images are rescaled to 8 bits, and grayscale images
+are refused: the model and the stain-based methods need colour.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from nucleisam.errors import NucleisamError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def _read_array(path: Path) -> np.ndarray:
+    """Decode any supported file into a numpy array, with a clear error when it cannot be read."""
+    if not path.is_file():
+        raise NucleisamError(f"image file not found: {path}")
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                return tif.series[0].levels[0].asarray()
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("P", "PA"):
+                img = img.convert("RGBA")
+            return np.asarray(img)
+    except (UnidentifiedImageError, OSError, ValueError, IndexError, KeyError) as exc:
+        raise NucleisamError(
+            f"cannot read image {path}: {exc}. Check that the file is a valid PNG, JPEG or TIFF."
+        ) from exc
+
+
+def to_rgb_uint8(array: np.ndarray, *, source: str = "image") -> np.ndarray:
+    """Convert a decoded image array to RGB ``uint8`` (H, W, 3).
+
+    Channels-first (3, H, W) or (4, H, W) arrays are moved to channels-last; an alpha channel is
+    dropped; integer images with more than 8 bits are rescaled by their dtype's range and float
+    images in [0, 1] by 255. A single-channel image raises :class:`NucleisamError`.
+    """
+    arr = np.asarray(array)
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
+        arr = np.moveaxis(arr, 0, -1)
+    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (1, 2)):
+        raise NucleisamError(
+            f"{source} is grayscale (shape {arr.shape}); nucleisam needs an RGB H&E image. "
+            "Convert it to RGB, or check that you passed the image and not a mask."
+        )
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+        raise NucleisamError(
+            f"{source} has shape {arr.shape}; expected an RGB(A) image of shape (H, W, 3) or (H, W, 4)."
+        )
+    arr = arr[..., :3]
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if arr.dtype == np.bool_:
+        raise NucleisamError(f"{source} is a binary image; expected an RGB H&E image.")
+    if np.issubdtype(arr.dtype, np.integer):
+        top = float(np.iinfo(arr.dtype).max)
+        scaled = arr.astype(np.float64) * (255.0 / top)
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise NucleisamError(f"{source} contains NaN or infinite values.")
+        peak = float(arr.max(initial=0.0))
+        scaled = arr.astype(np.float64) * (255.0 if peak <= 1.0 else 1.0)
+    else:
+        raise NucleisamError(f"{source} has unsupported pixel type {arr.dtype}.")
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an image file as RGB ``uint8`` of shape (H, W, 3); errors name the file."""
+    file = Path(path)
+    return to_rgb_uint8(_read_array(file), source=f"image {file}")

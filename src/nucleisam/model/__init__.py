@@ -1,0 +1,1 @@
+"""Model: MobileSAM (kornia), checkpoint download/verification, LoRA, SAM and instance heads, adapters."""

@@ -1,0 +1,1 @@
+"""Post-processing: marker-controlled watershed instance extraction and parameter tuning."""

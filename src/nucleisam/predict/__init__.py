@@ -1,0 +1,1 @@
+"""Inference: single images, batches and large images with tiled, seam-free stitching."""

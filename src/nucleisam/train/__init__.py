@@ -1,0 +1,1 @@
+"""Training: loop, losses, cross-validation runner, checkpoints and resume."""
