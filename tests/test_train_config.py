@@ -64,7 +64,9 @@ def test_bad_keys_and_types_name_the_key(data: dict, fragment: str) -> None:
 
 
 def test_overrides_parse_yaml_values() -> None:
-    data = apply_overrides(to_dict(Outer()), ["inner.size=7", "limit=null", "scale=1e-3", "inner.names=[u, v]"])
+    data = apply_overrides(
+        to_dict(Outer()), ["inner.size=7", "limit=null", "scale=1e-3", "inner.names=[u, v]"]
+    )
     cfg = from_dict(Outer, data)
     assert cfg.inner.size == 7 and cfg.limit is None and cfg.scale == pytest.approx(1e-3)
     assert cfg.inner.names == ("u", "v")
@@ -76,7 +78,9 @@ def test_overrides_parse_yaml_values() -> None:
 def test_yaml_and_toml_files(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text("scale: 0.5\ninner:\n  size: 9\n")
     (tmp_path / "a.toml").write_text('mode = "y"\n[inner]\nnames = ["t"]\n')
-    assert load_config(Outer, tmp_path / "a.yaml", ["inner.size=10"]) == Outer(scale=0.5, inner=Inner(size=10))
+    assert load_config(Outer, tmp_path / "a.yaml", ["inner.size=10"]) == Outer(
+        scale=0.5, inner=Inner(size=10)
+    )
     assert load_config(Outer, tmp_path / "a.toml") == Outer(mode="y", inner=Inner(names=("t",)))
     (tmp_path / "bad.yaml").write_text("scale: [1\n")
     with pytest.raises(NucleisamError, match="cannot parse"):

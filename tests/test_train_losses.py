@@ -43,7 +43,9 @@ def test_soft_dice_known_values() -> None:
     perfect = (target * 2 - 1) * 50.0
     assert soft_dice_loss(perfect, target, valid, smooth=0.0).item() == pytest.approx(0.0, abs=1e-6)
     # No nucleus and none predicted: no penalty thanks to the smoothing term.
-    assert soft_dice_loss(torch.full_like(target, -50.0), _maps(), valid).item() == pytest.approx(0.0, abs=1e-6)
+    assert soft_dice_loss(torch.full_like(target, -50.0), _maps(), valid).item() == pytest.approx(
+        0.0, abs=1e-6
+    )
 
 
 def test_regression_known_values_inside_mask_only() -> None:
@@ -94,8 +96,11 @@ def test_batch_loss_is_mean_of_image_losses_and_weights_apply() -> None:
     outputs = {"foreground": torch.randn(3, 1, 6, 6)}
     batch = segmentation_loss(outputs, targets, valid)
     singles = [
-        segmentation_loss({"foreground": outputs["foreground"][i : i + 1]},
-                          {"foreground": targets["foreground"][i : i + 1]}, valid[i : i + 1])["loss"]
+        segmentation_loss(
+            {"foreground": outputs["foreground"][i : i + 1]},
+            {"foreground": targets["foreground"][i : i + 1]},
+            valid[i : i + 1],
+        )["loss"]
         for i in range(3)
     ]
     assert batch["loss"].item() == pytest.approx(torch.stack(singles).mean().item(), rel=1e-6)

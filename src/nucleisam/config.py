@@ -190,7 +190,9 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise NucleisamError(f"configuration file {file} must hold a mapping of sections, not {type(data).__name__}.")
+        raise NucleisamError(
+            f"configuration file {file} must hold a mapping of sections, not {type(data).__name__}."
+        )
     return data
 
 

@@ -117,7 +117,9 @@ class TrainConfig:
         _require(self.eval_batch_size >= 1, "train.eval_batch_size", "at least 1", self.eval_batch_size)
         _require(self.lr > 0.0, "train.lr", "> 0", self.lr)
         _require(self.weight_decay >= 0.0, "train.weight_decay", "≥ 0", self.weight_decay)
-        _require(0.0 <= self.warmup_fraction < 1.0, "train.warmup_fraction", "in [0, 1)", self.warmup_fraction)
+        _require(
+            0.0 <= self.warmup_fraction < 1.0, "train.warmup_fraction", "in [0, 1)", self.warmup_fraction
+        )
         if self.warmup_epochs is not None:
             _require(
                 0.0 <= self.warmup_epochs <= self.epochs,
