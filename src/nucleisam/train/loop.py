@@ -30,7 +30,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +52,8 @@ from nucleisam.train.state import (
     save_checkpoint,
     save_weights,
     seed_everything,
+    trainable_state,
 )
-from nucleisam.train.state import trainable_state as _trainable_state
 
 CHECKPOINT_DIR = "checkpoint"
 HISTORY_FILE = "history.csv"
@@ -87,7 +87,6 @@ class FitResult:
     best_score: float | None
     best_weights: Path | None
     epochs_completed: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class _StopRequest:
@@ -161,6 +160,314 @@ def _oom_error(config: TrainConfig, exc: BaseException) -> NucleisamError:
     )
 
 
+class Trainer:
+    """State of one training run; :func:`fit` is the usual entry point."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        train_set: torch.utils.data.Dataset,
+        config: TrainConfig,
+        *,
+        out_dir: str | Path,
+        validate: Validate | None = None,
+        context: DistContext | None = None,
+        label: str = "",
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.validate = validate
+        self.context = context or DistContext()
+        self.label = label
+        self.out = Path(out_dir)
+        self.ckpt_dir = self.out / CHECKPOINT_DIR
+        self._print = log or tqdm.write
+        self.device = self.context.device
+        model.to(self.device)
+        if hasattr(model, "trainable_parameters"):
+            self.trainable = list(model.trainable_parameters())
+        else:
+            self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.trainable, config)
+        self.wrapped: torch.nn.Module = model
+        if self.context.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.wrapped = DistributedDataParallel(model, device_ids=ids)
+        self.sampler = _SkippingSampler(
+            DistributedSampler(
+                train_set,  # type: ignore[arg-type]
+                num_replicas=self.context.world_size,
+                rank=self.context.rank,
+                shuffle=True,
+                seed=config.seed,
+                drop_last=False,
+            )
+        )
+        workers = config.num_workers
+        self.loader = DataLoader(
+            train_set,
+            batch_size=config.batch_size,
+            sampler=self.sampler,
+            num_workers=workers,
+            collate_fn=pad_collate,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+            worker_init_fn=_ignore_sigint_in_worker if workers > 0 else None,
+            # Worker seeds come from this generator, not from torch's global RNG, so that creating
+            # the loader consumes no global randomness (resume equivalence).
+            generator=torch.Generator().manual_seed(config.seed),
+        )
+        self.batches_per_epoch = len(self.loader)
+        steps_per_epoch = math.ceil(self.batches_per_epoch / config.grad_accumulation)
+        self.schedule = WarmupCosine.from_config(config, steps_per_epoch)
+        # Progress: completed epochs/steps, batches done inside the current epoch and their sums.
+        self.epoch = 0
+        self.step = 0
+        self.batches_done = 0
+        self.partial_sums: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []
+        self.best_epoch: int | None = None
+        self.best_score: float | None = None
+        self.best_file: str | None = None
+
+    # -- logging and saving ------------------------------------------------------------------------
+
+    def say(self, message: str) -> None:
+        if self.context.is_main:
+            self._print(f"{self.label}: {message}" if self.label else message)
+
+    def restore(self) -> bool:
+        """Load the checkpoint of ``out_dir`` if there is one; True when resumed."""
+        state = load_checkpoint(self.ckpt_dir, model=self.model, optimizer=self.optimizer)
+        if state is None:
+            return False
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.history = list(state["history"])
+        self.best_epoch, self.best_score, self.best_file = (
+            state["best_epoch"],
+            state["best_score"],
+            state["best_file"],
+        )
+        self.batches_done = int(state["batches_done"])
+        self.partial_sums = dict(state["partial_sums"])
+        where = f"epoch {self.epoch}" + (f" + {self.batches_done} batches" if self.batches_done else "")
+        self.say(f"resumed from {self.ckpt_dir} ({where})")
+        return True
+
+    def save(self) -> Path:
+        """Checkpoint the current progress (rank 0 writes; every rank waits for it)."""
+        if self.context.is_main:
+            extra = {
+                "history": self.history,
+                "best_epoch": self.best_epoch,
+                "best_score": self.best_score,
+                "best_file": self.best_file,
+                "batches_done": self.batches_done,
+                "partial_sums": dict(self.partial_sums),
+            }
+            save_checkpoint(
+                self.ckpt_dir,
+                model=self.model,
+                optimizer=self.optimizer,
+                epoch=self.epoch,
+                step=self.step,
+                extra=extra,
+            )
+            for stale in self.ckpt_dir.glob("best-*.safetensors"):
+                if stale.name != self.best_file:
+                    stale.unlink(missing_ok=True)
+        self.context.barrier()
+        return self.ckpt_dir / "train_state.pt"
+
+    # -- one optimiser step ------------------------------------------------------------------------
+
+    def _forward_backward(self, batch: Mapping[str, torch.Tensor], group_size: int, sync: bool) -> dict:
+        images = batch["image"].to(self.device, non_blocking=True)
+        targets = {k: batch[k].to(self.device, non_blocking=True) for k in TARGET_KEYS}
+        valid = batch["valid"].to(self.device, non_blocking=True)
+        no_sync = self.context.distributed and not sync
+        with self.wrapped.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
+            with _autocast(self.device, self.config.amp):
+                outputs = self.wrapped(images)
+            losses = segmentation_loss(outputs, targets, valid, self.config.loss)
+            (losses["loss"] / group_size).backward()
+        return {k: v.detach().float() for k, v in losses.items()}
+
+    def _reduce(
+        self, group: Mapping[str, torch.Tensor], group_size: int, stop: bool
+    ) -> tuple[dict, float, bool]:
+        """One all-reduce per optimiser step: loss sums, micro-batch count and the stop votes."""
+        keys = sorted(group)
+        packed = torch.stack(
+            [group[k] for k in keys]
+            + [
+                torch.tensor(float(group_size), device=self.device),
+                torch.tensor(float(stop), device=self.device),
+            ]
+        )
+        values = self.context.all_reduce_sum(packed).tolist()
+        count = values[-2]
+        return {k: v / count for k, v in zip(keys, values[:-2], strict=True)}, count, values[-1] > 0
+
+    def _non_finite(self, means: Mapping[str, float]) -> NonFiniteLossError:
+        self.optimizer.zero_grad(set_to_none=True)
+        last_good = read_train_state(self.ckpt_dir)
+        kept = (
+            f"the last good checkpoint (epoch {last_good['epoch']}) is kept in {self.ckpt_dir}"
+            if last_good is not None
+            else "no checkpoint had been written yet"
+        )
+        return NonFiniteLossError(
+            f"{self.label + ': ' if self.label else ''}training loss became {means['loss']} at epoch "
+            f"{self.epoch + 1}, optimiser step {self.step + 1}; that step was not applied and {kept}. "
+            f"Lower train.lr (now {self.config.lr}), set train.grad_clip, or check the training images "
+            "and masks; then continue with --resume."
+        )
+
+    def _apply_step(self) -> float:
+        if self.config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.config.grad_clip)
+        lr = self.schedule.apply(self.optimizer, self.step)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return lr
+
+    # -- epochs ------------------------------------------------------------------------------------
+
+    def train_epoch(self, stop: _StopRequest) -> dict[str, float]:
+        """Train the epoch ``self.epoch`` (from ``batches_done`` on); returns the summed losses."""
+        config, accumulation = self.config, self.config.grad_accumulation
+        self.sampler.set_epoch(self.epoch)
+        first = self.batches_done
+        self.sampler.skip = first * config.batch_size
+        sums, self.partial_sums = self.partial_sums, {}
+        self.wrapped.train()
+        progress = tqdm(
+            total=self.batches_per_epoch,
+            initial=first,
+            desc=f"{self.label + ' ' if self.label else ''}epoch {self.epoch + 1}/{config.epochs}",
+            disable=not (config.progress and self.context.is_main),
+            leave=False,
+            dynamic_ncols=True,
+        )
+        group: dict[str, torch.Tensor] = {}
+        for position, batch in enumerate(self.loader, start=first):
+            group_start = position - position % accumulation
+            group_size = min(accumulation, self.batches_per_epoch - group_start)
+            last_in_group = position == group_start + group_size - 1
+            for key, value in self._forward_backward(batch, group_size, sync=last_in_group).items():
+                group[key] = group.get(key, 0.0) + value
+            progress.update(1)
+            if not last_in_group:
+                continue
+            means, count, stop_voted = self._reduce(group, group_size, stop.requested)
+            group = {}
+            if not all(math.isfinite(v) for v in means.values()):
+                progress.close()
+                raise self._non_finite(means)
+            sums["_lr"] = self._apply_step()
+            for key, value in means.items():
+                sums[key] = sums.get(key, 0.0) + value * count
+            sums["_batches"] = sums.get("_batches", 0.0) + count
+            progress.set_postfix(loss=f"{sums['loss'] / sums['_batches']:.4f}", refresh=False)
+            if stop_voted:
+                progress.close()
+                self.batches_done, self.partial_sums = position + 1, sums
+                path = self.save()
+                self.say(f"stopped at epoch {self.epoch + 1}, batch {position + 1}; saved in {path.parent}")
+                raise TrainingInterrupted(
+                    f"training interrupted; state saved in {path.parent}. Run the same command with --resume "
+                    "to continue.",
+                    path,
+                )
+        progress.close()
+        self.batches_done = 0
+        return sums
+
+    def validate_epoch(self, row: dict[str, float]) -> bool:
+        """Score the model on rank 0, record the metrics in ``row``; True when it is the best so far."""
+        improved = False
+        if self.context.is_main:
+            assert self.validate is not None
+            self.model.eval()
+            with torch.no_grad(), _autocast(self.device, self.config.amp):
+                metrics = dict(self.validate(self.model))
+            metric = self.config.select_metric
+            if metric not in metrics:
+                raise KeyError(f"validation returned no {metric!r} (it returned {sorted(metrics)})")
+            row.update({f"val_{k}": float(v) for k, v in metrics.items()})
+            score = float(metrics[metric])
+            if self.best_score is None or score > self.best_score:
+                self.best_epoch, self.best_score = self.epoch + 1, score
+                self.best_file = f"best-{self.epoch + 1:04d}.safetensors"
+                save_weights(self.ckpt_dir / self.best_file, trainable_state(self.model))
+                improved = True
+        # Other ranks only need to know which file is the best one (rank 0 writes everything).
+        best = torch.tensor([float(self.best_epoch or 0)], dtype=torch.float64)
+        self.context.broadcast(best)
+        if not self.context.is_main and best.item() > 0:
+            self.best_epoch = int(best.item())
+            self.best_file = f"best-{self.best_epoch:04d}.safetensors"
+        return improved
+
+    def _epoch_line(self, row: Mapping[str, float], improved: bool) -> str:
+        parts = "  ".join(
+            f"{k.removeprefix('train_')} {v:.4f}" for k, v in row.items() if k.startswith("train_")
+        )
+        metric = f"val_{self.config.select_metric}"
+        val = (
+            f"  val {self.config.select_metric} {row[metric]:.4f}{' (best)' if improved else ''}"
+            if metric in row
+            else ""
+        )
+        timing = f"{row['seconds']:.1f} s"
+        return f"epoch {self.epoch}/{self.config.epochs}  {parts}  lr {row['lr']:.3g}{val}  {timing}"
+
+    def run(self, on_epoch_end: Callable[[int, Mapping[str, float]], None] | None = None) -> FitResult:
+        """Train the remaining epochs; see :func:`fit`."""
+        config = self.config
+        with _StopRequest(self.say) as stop:
+            try:
+                while self.epoch < config.epochs:
+                    started = time.perf_counter()
+                    sums = self.train_epoch(stop)
+                    row: dict[str, float] = {
+                        "epoch": self.epoch + 1,
+                        "step": self.step,
+                        "lr": sums.get("_lr", 0.0),
+                    }
+                    batches = max(sums.get("_batches", 0.0), 1.0)  # micro-batches of all processes
+                    row.update({f"train_{k}": v / batches for k, v in sums.items() if not k.startswith("_")})
+                    due = (self.epoch + 1) % config.validate_every == 0 or self.epoch + 1 == config.epochs
+                    improved = self.validate_epoch(row) if self.validate is not None and due else False
+                    row["seconds"] = time.perf_counter() - started
+                    self.history.append(row)
+                    self.epoch += 1
+                    self.save()
+                    if self.context.is_main:
+                        _write_history(self.out / HISTORY_FILE, self.history)
+                    self.say(self._epoch_line(row, improved))
+                    if on_epoch_end is not None:
+                        on_epoch_end(self.epoch, row)
+                    if stop.requested:
+                        raise TrainingInterrupted(
+                            f"training interrupted after epoch {self.epoch}; state saved in {self.ckpt_dir}. "
+                            "Run the same command with --resume to continue.",
+                            self.ckpt_dir / "train_state.pt",
+                        )
+            except _OOM_ERRORS as exc:
+                raise _oom_error(config, exc) from exc
+        return FitResult(
+            history=self.history,
+            best_epoch=self.best_epoch,
+            best_score=self.best_score,
+            best_weights=(self.ckpt_dir / self.best_file) if self.best_file else None,
+            epochs_completed=len(self.history),
+        )
+
+
 def fit(
     model: torch.nn.Module,
     train_set: torch.utils.data.Dataset,
@@ -185,250 +492,15 @@ def fit(
         validate: called on rank 0 with the (unwrapped) model in eval mode under ``no_grad``
             every ``validate_every`` epochs and after the last; returns metrics including
             ``config.select_metric`` (higher is better). The best epoch's weights are kept.
-        resume: continue from ``out_dir/checkpoint`` when it exists.
+        resume: continue from ``out_dir/checkpoint`` when it exists (else start afresh).
         context: process/device context (default: one CPU process).
         label: prefix of log lines (e.g. "fold 2").
         on_epoch_end: called with (epoch, history row) after each epoch's checkpoint is saved.
         log: line printer (default: ``tqdm.write``); only rank 0 logs.
     """
-    context = context or DistContext()
-    out = Path(out_dir)
-    ckpt_dir = out / CHECKPOINT_DIR
-    printer = log or tqdm.write
-    say: Callable[[str], None] = (
-        (lambda m: printer(f"{label}: {m}" if label else m)) if context.is_main else (lambda m: None)
+    trainer = Trainer(
+        model, train_set, config, out_dir=out_dir, validate=validate, context=context, label=label, log=log
     )
-    device = context.device
-    model.to(device)
-    trainable = (
-        list(model.trainable_parameters())
-        if hasattr(model, "trainable_parameters")
-        else [p for p in model.parameters() if p.requires_grad]
-    )
-    optimizer = build_optimizer(trainable, config)
-    wrapped: torch.nn.Module = model
-    if context.distributed:
-        ids = [device.index] if device.type == "cuda" else None
-        wrapped = DistributedDataParallel(model, device_ids=ids)
-
-    sampler = _SkippingSampler(
-        DistributedSampler(
-            train_set,  # type: ignore[arg-type]
-            num_replicas=context.world_size,
-            rank=context.rank,
-            shuffle=True,
-            seed=config.seed,
-            drop_last=False,
-        )
-    )
-    workers = config.num_workers
-    loader = DataLoader(
-        train_set,
-        batch_size=config.batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        collate_fn=pad_collate,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-        worker_init_fn=_ignore_sigint_in_worker if workers > 0 else None,
-        # Worker seeds come from this generator, not from torch's global RNG, so that creating
-        # the loader consumes no global randomness (resume equivalence).
-        generator=torch.Generator().manual_seed(config.seed),
-    )
-    batches_per_epoch = len(loader)
-    steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accumulation)
-    schedule = WarmupCosine.from_config(config, steps_per_epoch)
-
-    history: list[dict[str, float]] = []
-    best_epoch: int | None = None
-    best_score: float | None = None
-    best_file: str | None = None
-    start_epoch, step, batches_done = 0, 0, 0
-    partial: dict[str, float] = {}
-    state = load_checkpoint(ckpt_dir, model=model, optimizer=optimizer) if resume else None
-    if state is not None:
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-        history = list(state["history"])
-        best_epoch, best_score, best_file = state["best_epoch"], state["best_score"], state["best_file"]
-        batches_done = int(state["batches_done"])
-        partial = dict(state["partial_sums"])
-        where = f"epoch {start_epoch}" + (f" + {batches_done} batches" if batches_done else "")
-        say(f"resumed from {ckpt_dir} ({where})")
-    else:
-        seed_everything(config.seed + context.rank)
-
-    def checkpoint(epoch: int, done: int, sums: Mapping[str, float]) -> Path:
-        path = ckpt_dir / "train_state.pt"
-        if context.is_main:
-            extra = {
-                "history": history,
-                "best_epoch": best_epoch,
-                "best_score": best_score,
-                "best_file": best_file,
-                "batches_done": done,
-                "partial_sums": dict(sums),
-            }
-            save_checkpoint(ckpt_dir, model=model, optimizer=optimizer, epoch=epoch, step=step, extra=extra)
-            for stale in ckpt_dir.glob("best-*.safetensors"):
-                if stale.name != best_file:
-                    stale.unlink(missing_ok=True)
-        context.barrier()
-        return path
-
-    with _StopRequest(say) as stop:
-        try:
-            for epoch in range(start_epoch, config.epochs):
-                started = time.perf_counter()
-                sampler.set_epoch(epoch)
-                skip_batches, batches_done = batches_done, 0
-                sampler.skip = skip_batches * config.batch_size
-                sums = partial or {}
-                partial = {}
-                wrapped.train()
-                progress = tqdm(
-                    total=batches_per_epoch,
-                    initial=skip_batches,
-                    desc=f"{label + ' ' if label else ''}epoch {epoch + 1}/{config.epochs}",
-                    disable=not (config.progress and context.is_main),
-                    leave=False,
-                    dynamic_ncols=True,
-                )
-                group_losses: dict[str, torch.Tensor] = {}
-                for position, batch in enumerate(loader, start=skip_batches):
-                    group_start = position - position % config.grad_accumulation
-                    group_size = min(config.grad_accumulation, batches_per_epoch - group_start)
-                    last_in_group = position == group_start + group_size - 1
-                    images = batch["image"].to(device, non_blocking=True)
-                    targets = {k: batch[k].to(device, non_blocking=True) for k in TARGET_KEYS}
-                    valid = batch["valid"].to(device, non_blocking=True)
-                    sync = (
-                        contextlib.nullcontext()
-                        if last_in_group or not context.distributed
-                        else wrapped.no_sync()
-                    )
-                    with sync:
-                        with _autocast(device, config.amp):
-                            outputs = wrapped(images)
-                        losses = segmentation_loss(outputs, targets, valid, config.loss)
-                        (losses["loss"] / group_size).backward()
-                    for key, value in losses.items():
-                        group_losses[key] = group_losses.get(key, 0.0) + value.detach().float()
-                    progress.update(1)
-                    if not last_in_group:
-                        continue
-                    # One all-reduce per optimiser step: summed losses, micro-batch count, flags.
-                    keys = sorted(group_losses)
-                    packed = torch.stack(
-                        [group_losses[k] for k in keys]
-                        + [torch.tensor(float(group_size), device=device)]
-                        + [torch.tensor(float(stop.requested), device=device)]
-                    ).to(device)
-                    context.all_reduce_sum(packed)
-                    values = packed.tolist()
-                    count, stop_votes = values[-2], values[-1]
-                    group_means = {k: v / count for k, v in zip(keys, values[:-2], strict=True)}
-                    group_losses = {}
-                    if not all(math.isfinite(v) for v in group_means.values()):
-                        optimizer.zero_grad(set_to_none=True)
-                        last_good = read_train_state(ckpt_dir)
-                        good = (
-                            f"the last good checkpoint (epoch {last_good['epoch']}) is kept in {ckpt_dir}"
-                            if last_good is not None
-                            else "no checkpoint had been written yet"
-                        )
-                        raise NonFiniteLossError(
-                            f"{label + ': ' if label else ''}training loss became {group_means['loss']} at "
-                            f"epoch {epoch + 1}, optimiser step {step + 1}; that step was not applied and "
-                            f"{good}. Lower train.lr (now {config.lr}), set train.grad_clip, or check the "
-                            "training images and masks; then continue with --resume."
-                        )
-                    if config.grad_clip is not None:
-                        torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
-                    lr = schedule.apply(optimizer, step)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    for key, value in group_means.items():
-                        sums[key] = sums.get(key, 0.0) + value * count
-                    sums["_batches"] = sums.get("_batches", 0.0) + count
-                    sums["_lr"] = lr
-                    progress.set_postfix(loss=f"{sums['loss'] / sums['_batches']:.4f}", refresh=False)
-                    if stop_votes > 0:
-                        progress.close()
-                        path = checkpoint(epoch, position + 1, sums)
-                        say(
-                            f"stopped at epoch {epoch + 1}, batch {position + 1}; saved in {path.parent}"
-                        )
-                        raise TrainingInterrupted(
-                            f"training interrupted; state saved in {path.parent}. Run the same command "
-                            "with --resume to continue.",
-                            path,
-                        )
-                progress.close()
-
-                row: dict[str, float] = {"epoch": epoch + 1, "step": step, "lr": sums.get("_lr", 0.0)}
-                total = sums.get("_batches", 0.0)  # micro-batches of all processes
-                for key, value in sums.items():
-                    if not key.startswith("_"):
-                        row[f"train_{key}"] = value / max(total, 1.0)
-                is_last = epoch + 1 == config.epochs
-                note = ""
-                if validate is not None and ((epoch + 1) % config.validate_every == 0 or is_last):
-                    if context.is_main:
-                        model.eval()
-                        with torch.no_grad(), _autocast(device, config.amp):
-                            metrics = dict(validate(model))
-                        if config.select_metric not in metrics:
-                            raise KeyError(
-                                f"validation returned no {config.select_metric!r}: {sorted(metrics)}"
-                            )
-                        row.update({f"val_{k}": float(v) for k, v in metrics.items()})
-                        score = float(metrics[config.select_metric])
-                        if best_score is None or score > best_score:
-                            best_epoch, best_score = epoch + 1, score
-                            best_file = f"best-{epoch + 1:04d}.safetensors"
-                            save_weights(ckpt_dir / best_file, _trainable_state(model))
-                            note = " (best)"
-                    best_info = torch.tensor(
-                        [float(best_epoch or 0), best_score if best_score is not None else float("nan")],
-                        dtype=torch.float64,
-                    )
-                    context.broadcast(best_info)
-                    if not context.is_main:
-                        best_epoch = int(best_info[0].item()) or None
-                        best_file = f"best-{best_epoch:04d}.safetensors" if best_epoch else None
-                row["seconds"] = time.perf_counter() - started
-                history.append(row)
-                checkpoint(epoch + 1, 0, {})
-                if context.is_main:
-                    _write_history(out / HISTORY_FILE, history)
-                parts = "  ".join(
-                    f"{k.removeprefix('train_')} {v:.4f}" for k, v in row.items() if k.startswith("train_")
-                )
-                val = (
-                    f"  val {config.select_metric} {row[f'val_{config.select_metric}']:.4f}{note}"
-                    if (f"val_{config.select_metric}" in row)
-                    else ""
-                )
-                say(
-                    f"epoch {epoch + 1}/{config.epochs}  {parts}  lr {row['lr']:.3g}{val}  "
-                    f"{row['seconds']:.1f} s"
-                )
-                if on_epoch_end is not None:
-                    on_epoch_end(epoch + 1, row)
-                if stop.requested:
-                    raise TrainingInterrupted(
-                        f"training interrupted after epoch {epoch + 1}; state saved in {ckpt_dir}. "
-                        "Run the same command with --resume to continue.",
-                        ckpt_dir / "train_state.pt",
-                    )
-        except _OOM_ERRORS as exc:
-            raise _oom_error(config, exc) from exc
-
-    return FitResult(
-        history=history,
-        best_epoch=best_epoch,
-        best_score=best_score,
-        best_weights=(ckpt_dir / best_file) if best_file else None,
-        epochs_completed=len(history),
-    )
+    if not (resume and trainer.restore()):
+        seed_everything(config.seed + trainer.context.rank)
+    return trainer.run(on_epoch_end)
