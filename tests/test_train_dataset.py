@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,7 +22,8 @@ class CountingTargets:
         return simple_targets(labels)
 
 
-def flip_augment(image, labels, ambiguous, rng):
+def flip_augment(image, labels, ambiguous=None, maps=None, *, rng):
+    """Rotations and flips with the data layer's Augmenter call signature."""
     k = int(rng.integers(4))
     flip = bool(rng.integers(2))
 
@@ -31,7 +33,9 @@ def flip_augment(image, labels, ambiguous, rng):
         a = np.rot90(a, k)
         return np.ascontiguousarray(a[:, ::-1] if flip else a)
 
-    return tf(image), tf(labels), tf(ambiguous)
+    return SimpleNamespace(
+        image=tf(image), labels=tf(labels), ambiguous=tf(ambiguous), maps={k: tf(v) for k, v in maps.items()}
+    )
 
 
 def test_memory_cache_and_tensors(tmp_path: Path) -> None:
@@ -75,10 +79,12 @@ def test_disk_cache_is_reused_and_invalidated(tmp_path: Path) -> None:
 
 def test_augmentation_is_reproducible_and_consistent(tmp_path: Path) -> None:
     samples = write_samples(tmp_path, count=3)
+    counter = CountingTargets()
     dataset = TrainingDataset(
-        samples, SampleCache("memory", targets_fn=simple_targets), augment=flip_augment, seed=5
+        samples, SampleCache("memory", targets_fn=counter), augment=flip_augment, seed=5
     )
     views = {epoch: dataset[(epoch, 1)] for epoch in range(6)}
+    base = TrainingDataset(samples, dataset.cache)[1]
     again = dataset[(3, 1)]
     for key in ("image", "foreground", "valid"):
         assert torch.equal(views[3][key], again[key])
@@ -88,6 +94,22 @@ def test_augmentation_is_reproducible_and_consistent(tmp_path: Path) -> None:
         dark = view["image"].mean(0) < 120
         assert torch.equal(dark, view["foreground"][0] > 0)
         assert view["valid"].sum() == 32 * 32 - 64
+        # The distance maps moved with the image: the transform that maps the original image onto the
+        # augmented one maps the original boundary-distance map onto the augmented one.
+        transforms = [(k, f) for k in range(4) for f in (False, True)]
+        matched = 0
+        for k, f in transforms:
+
+            def tf(a, k=k, f=f):
+                a = torch.rot90(a, k, dims=(-2, -1))
+                return torch.flip(a, dims=(-1,)) if f else a
+
+            if torch.equal(tf(base["image"]), view["image"]):
+                matched += 1
+                assert torch.equal(tf(base["boundary_distance"]), view["boundary_distance"])
+                assert torch.equal(tf(base["center_distance"]), view["center_distance"])
+        assert matched >= 1
+    assert counter.calls == 1  # targets computed once per tile, never per augmentation
 
 
 def test_epoch_sampler_tags_items() -> None:

@@ -2,8 +2,9 @@
 
 Decoding a PNG/TIFF and computing the distance targets of a tile costs far more than reading it
 from memory, so :class:`SampleCache` keeps each tile's image, labels, vague mask and targets after
-the first use (in memory, and optionally as ``.npz`` files reused by later runs). The cache is filled
-in the main process before the data-loader workers start, so forked workers share it.
+the first use (in memory, and optionally as ``.npz`` files reused by later runs); augmentation
+transforms the cached maps with the image instead of recomputing them. The cache is filled in the
+main process before the data-loader workers start, so forked workers share it.
 
 Augmentation is reproducible without any global RNG: the sampler yields ``(epoch, index)`` keys and
 the augmentation of a tile in an epoch draws from ``np.random.default_rng([seed, epoch, index])``,
@@ -46,12 +47,26 @@ class SampleLike(Protocol):
     def load_ambiguous(self) -> np.ndarray | None: ...
 
 
+class Augmented(Protocol):
+    image: np.ndarray
+    labels: np.ndarray
+    ambiguous: np.ndarray | None
+    maps: dict[str, np.ndarray]
+
+
 class Augment(Protocol):
-    """A joint augmentation of image (H,W,3 uint8), labels (H,W int) and vague mask (H,W bool or None)."""
+    """Joint augmentation (``nucleisam.data.Augmenter``): image (H,W,3 uint8), labels (H,W int),
+    vague mask (H,W bool or None) and float maps transformed alike, reproducible from ``rng``."""
 
     def __call__(
-        self, image: np.ndarray, labels: np.ndarray, ambiguous: np.ndarray | None, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]: ...
+        self,
+        image: np.ndarray,
+        labels: np.ndarray,
+        ambiguous: np.ndarray | None = None,
+        maps: dict[str, np.ndarray] | None = None,
+        *,
+        rng: np.random.Generator,
+    ) -> Augmented: ...
 
 
 def _default_targets(labels: np.ndarray) -> dict[str, np.ndarray]:
@@ -157,7 +172,8 @@ class TrainingDataset(torch.utils.data.Dataset):
     """Tiles of ``samples`` as tensor dicts (see :func:`tile_tensors`) plus ``index``.
 
     Items are addressed by ``(epoch, index)`` (from :class:`EpochSampler`) or by a plain index
-    (epoch 0). With ``augment``, targets are recomputed from the augmented labels.
+    (epoch 0). With ``augment``, the cached distance maps are transformed with the image (no
+    recomputation) and the foreground target is taken from the augmented labels, so it stays exact.
     """
 
     def __init__(
@@ -181,9 +197,10 @@ class TrainingDataset(torch.utils.data.Dataset):
         data = self.cache.get(self.samples[index])
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, epoch, index])
-            image, labels, ambiguous = self.augment(data.image, data.labels, data.ambiguous, rng)
-            targets = self.cache.targets_fn(labels)
-            data = TileData(image, labels, ambiguous, targets)
+            distances = {k: v for k, v in data.targets.items() if k != "foreground"}
+            out = self.augment(data.image, data.labels, data.ambiguous, distances, rng=rng)
+            targets = {"foreground": (out.labels > 0).astype(np.float32), **out.maps}
+            data = TileData(out.image, out.labels, out.ambiguous, targets)
         return {**tile_tensors(data), "index": index}
 
 
