@@ -101,7 +101,7 @@ def test_run_config_validation_and_round_trip(tmp_path: Path) -> None:
         ("train.epochs=0", "'train.epochs' must be at least 1"),
         ("train.device=gpu", "'train.device'"),
         ("train.loss.distance_loss=l3", "'train.loss.distance_loss'"),
-        ("data.images=/x", "data.images/data.masks"),
+        ("data.masks=/x", "'data.masks' must be given with data.images"),
     ]:
         with pytest.raises(NucleisamError, match=fragment.replace(".", r"\.")):
             load_run_config(None, [override])

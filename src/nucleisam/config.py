@@ -223,10 +223,18 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Apply ``--set key=value`` strings to a nested dict (a new dict is returned)."""
     result = to_dict(dict(data))
-    for text in overrides:
+    for text in overrides:  # one by one: a later --set wins over an earlier one
         path, value = parse_override(text)
-        nested: dict[str, Any] = {path[-1]: value}
-        for part in reversed(path[:-1]):
+        result = assign(result, {".".join(path): value})
+    return result
+
+
+def assign(data: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Set dotted keys to Python values (no parsing: for paths and numbers from CLI options)."""
+    result = to_dict(dict(data))
+    for dotted, value in values.items():
+        nested: dict[str, Any] = {dotted.split(".")[-1]: value}
+        for part in reversed(dotted.split(".")[:-1]):
             nested = {part: nested}
         result = _merge(result, nested)
     return result
@@ -236,11 +244,14 @@ def load_config(
     cls: type[T],
     path: str | os.PathLike[str] | None = None,
     overrides: Iterable[str] = (),
+    values: Mapping[str, Any] | None = None,
 ) -> T:
-    """Defaults of ``cls``, updated by the file at ``path`` (if any), then by ``overrides``."""
+    """Defaults of ``cls``, updated by the file at ``path`` (if any), then by ``values`` (dotted key →
+    value, e.g. from dedicated CLI options), then by the ``--set`` strings ``overrides``."""
     data = to_dict(cls())
     if path is not None:
         data = _merge(data, read_config_file(path))
+    data = assign(data, values or {})
     data = apply_overrides(data, overrides)
     return from_dict(cls, data)
 

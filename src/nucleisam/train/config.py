@@ -8,9 +8,9 @@ tree is saved as ``config.yaml`` in the run folder, so ``--config <run>/config.y
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from nucleisam.config import load_config
 from nucleisam.errors import NucleisamError
@@ -25,8 +25,8 @@ def _require(condition: bool, key: str, rule: str, value: object) -> None:
 class DataConfig:
     """Where the images come from, how they are split into folds, and how decoded data is cached.
 
-    Either ``root`` (a NuInsSeg-layout folder) or both ``images`` and ``masks`` (folders paired by
-    stem). ``k``/``seed``/``group`` define the outer folds (defaults: the NuInsSeg authors' split),
+    Either ``root`` (a NuInsSeg-layout folder) or ``images`` with ``masks`` (folders paired by stem;
+    ``masks`` may be left out when Aperio ``.xml`` annotations sit beside the images). ``k``/``seed``/``group`` define the outer folds (defaults: the NuInsSeg authors' split),
     ``val_fraction``/``val_seed`` the inner validation split of each training fold (stratified by
     organ) used for checkpoint selection and post-processing tuning. ``cache``: decoded images and
     training targets are kept in memory ("memory"), also written to ``cache_dir`` as ``.npz`` files
@@ -50,10 +50,13 @@ class DataConfig:
         _require(self.k >= 2, "data.k", "at least 2", self.k)
         _require(0.0 < self.val_fraction < 1.0, "data.val_fraction", "in (0, 1)", self.val_fraction)
         _require(
-            (self.images is None) == (self.masks is None),
-            "data.images/data.masks",
-            "given together",
-            (self.images, self.masks),
+            self.masks is None or self.images is not None, "data.masks", "given with data.images", self.masks
+        )
+        _require(
+            self.root is None or self.images is None,
+            "data.root/data.images",
+            "one or the other, not both",
+            (self.root, self.images),
         )
 
 
@@ -144,6 +147,11 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def load_run_config(path: str | os.PathLike[str] | None = None, overrides: Iterable[str] = ()) -> Config:
-    """The run configuration: defaults, then the file ``path`` (YAML/TOML), then ``--set`` overrides."""
-    return load_config(Config, path, overrides)
+def load_run_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Iterable[str] = (),
+    values: Mapping[str, Any] | None = None,
+) -> Config:
+    """The run configuration: defaults, then the file ``path`` (YAML/TOML), then ``values`` (dotted
+    key → value from CLI options), then ``--set`` overrides."""
+    return load_config(Config, path, overrides, values)
