@@ -26,7 +26,8 @@ class DataConfig:
     """Where the images come from, how they are split into folds, and how decoded data is cached.
 
     Either ``root`` (a NuInsSeg-layout folder) or ``images`` with ``masks`` (folders paired by stem;
-    ``masks`` may be left out when Aperio ``.xml`` annotations sit beside the images). ``k``/``seed``/``group`` define the outer folds (defaults: the NuInsSeg authors' split),
+    ``masks`` may be left out when Aperio ``.xml`` annotations sit beside the images).
+    ``k``/``seed``/``group`` define the outer folds (defaults: the NuInsSeg authors' split),
     ``val_fraction``/``val_seed`` the inner validation split of each training fold (stratified by
     organ) used for checkpoint selection and post-processing tuning. ``cache``: decoded images and
     training targets are kept in memory ("memory"), also written to ``cache_dir`` as ``.npz`` files
