@@ -294,3 +294,59 @@ def test_ddp_two_processes_match_one_process_with_same_global_batch(tmp_path: Pa
     assert ddp["losses"] == pytest.approx([r["train_loss"] for r in single.history], rel=1e-4)
     for key, value in trainable_state(single_model).items():
         torch.testing.assert_close(ddp["state"][key], value, rtol=1e-4, atol=1e-5)
+
+
+class OutOfMemoryNet(TinyNucleiNet):
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_out_of_memory_suggests_smaller_batch_or_input(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    with pytest.raises(
+        NucleisamError, match=r"ran out of memory.*train\.batch_size \(now 2\).*input_size=512"
+    ):
+        fit(
+            OutOfMemoryNet(),
+            dataset(tmp_path / "data", count=2),
+            TrainConfig(**TINY),
+            out_dir=tmp_path / "run",
+        )
+
+
+def test_resume_refuses_other_base_weights_and_malicious_state(tmp_path: Path) -> None:
+    data = dataset(tmp_path / "data", count=2)
+    config = TrainConfig(**dict(TINY, epochs=1))
+    fit(make_model(), data, config, out_dir=tmp_path / "run")
+    other = make_model()
+    with torch.no_grad():
+        other.encoder[0].weight.add_(1.0)  # a different frozen base
+    with pytest.raises(NucleisamError, match="other frozen base weights"):
+        fit(other, data, config, out_dir=tmp_path / "run", resume=True)
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    torch.save({"format": 1, "payload": Exploit()}, tmp_path / "run" / "checkpoint" / "train_state.pt")
+    with pytest.raises(NucleisamError, match="cannot read checkpoint"):
+        read_train_state(tmp_path / "run" / "checkpoint")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_torchrun_environment_detection(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nucleisam.train.distributed import init_distributed, launched_by_torchrun, resolve_device
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    assert not launched_by_torchrun()
+    context = init_distributed("cpu")
+    assert (context.rank, context.world_size, context.is_main, context.distributed) == (0, 1, True, False)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert launched_by_torchrun()
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(NucleisamError, match=r"train\.device is 'cuda'"):
+            resolve_device("cuda")
