@@ -53,8 +53,9 @@ def read_xml_polygons(path: str | os.PathLike[str]) -> list[np.ndarray]:
 def rasterize_polygons(polygons: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
     """Fill polygons (each (N, 2) of (row, col)) into an ``int32`` map; polygon ``i`` gets id ``i + 1``.
 
-    A pixel belongs to a polygon when its centre lies inside it. Where polygons overlap, the later one
-    wins; a polygon with fewer than three vertices, or that covers no pixel centre, leaves its id unused.
+    A pixel belongs to a polygon when its centre lies inside it or on its outline. Where polygons
+    overlap, the later one wins; a polygon with fewer than three vertices, or that covers no pixel
+    centre, leaves its id unused.
     """
     labels = np.zeros(shape, dtype=np.int32)
     for index, vertices in enumerate(polygons, start=1):
