@@ -106,7 +106,6 @@ def run_folds(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise NucleisamError(f"--out {out} is a folder; give a file name such as {out / 'folds.json'}.")
-    ensure_output_dir(out.parent if str(out.parent) else Path("."), option="--out")
     dataset = _open(args)
     for problem in dataset.problems:
         print(f"nucleisam: warning: {problem} (left out)", file=sys.stderr)
@@ -114,6 +113,8 @@ def run_folds(args: argparse.Namespace) -> int:
         raise NucleisamError(f"no usable image/label pairs in {dataset.root}; nothing to split.")
     manifest = make_folds(dataset.samples, k=args.k, seed=args.seed, group=args.group,
                           val_fraction=args.val_fraction, val_seed=args.val_seed)
+    # The output folder is created only once the folds exist, so a failed run leaves nothing behind.
+    ensure_output_dir(out.parent, option="--out")
     try:
         manifest.save(out)
     except OSError as exc:

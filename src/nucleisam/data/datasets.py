@@ -271,11 +271,13 @@ def load_nuinsseg(root: str | os.PathLike[str], *, strict: bool = False) -> Data
         )
     problems: list[str] = []
     samples: list[Sample] = []
+    n_images = 0
     for organ_dir in organs:
         species, organ = parse_organ_folder(organ_dir.resolve().name)
         images_dir = _child_dir(organ_dir, _IMAGES_DIR)
         assert images_dir is not None  # _organ_folders only returns folders that have one
         images = _index_by_stem(_list_files(images_dir, IMAGE_SUFFIXES), "image", problems)
+        n_images += len(images)
         labels_dir = _child_dir(organ_dir, _LABELS_DIR)
         if labels_dir is None:
             hint = (" (its 'label masks' folder is not used: it stores sums of overlapping ids)"
@@ -295,7 +297,7 @@ def load_nuinsseg(root: str | os.PathLike[str], *, strict: bool = False) -> Data
             continue
         samples.extend(_pair(images, labels, ambiguous, organ=organ, species=species,
                              binary_masks=False, problems=problems))
-    if not samples and not problems:
+    if n_images == 0:
         raise NucleisamError(f"no images found in {path}: the 'tissue images' folders are empty.")
     return _finish(samples, problems, path, "nuinsseg", strict)
 
