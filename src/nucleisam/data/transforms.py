@@ -161,16 +161,22 @@ class Augmented:
     maps: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+# Optical density of each 8-bit value, -log((I + 1) / 256): white is 0 and no value is infinite.
+_OPTICAL_DENSITY = (-np.log((np.arange(256, dtype=np.float64) + 1.0) / 256.0)).astype(np.float32)
+
+
 def _stain_jitter(image: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
     """Scale and shift the haematoxylin, eosin and DAB concentrations in optical-density space.
 
-    Optical density uses ``-log((I + 1) / 256)`` so that white maps to 0 and no pixel is infinite;
-    with ``alpha = 1`` and ``beta = 0`` the image comes back unchanged.
+    Concentrations are ``density @ hed_from_rgb``; jittered ones map back through ``rgb_from_hed``.
+    Both steps are linear, so they fold into one 3×3 matrix and an offset. With ``alpha = 1`` and
+    ``beta = 0`` the image comes back unchanged.
     """
-    density = -np.log((image.astype(np.float32) + 1.0) / 256.0)
-    stains = density.reshape(-1, 3) @ hed_from_rgb.astype(np.float32)
-    stains = stains * alpha.astype(np.float32) + beta.astype(np.float32)
-    back = 256.0 * np.exp(-(stains @ rgb_from_hed.astype(np.float32))) - 1.0
+    matrix = (hed_from_rgb * alpha[None, :]) @ rgb_from_hed
+    offset = beta @ rgb_from_hed
+    density = _OPTICAL_DENSITY[image.reshape(-1, 3)]
+    jittered = density @ matrix.astype(np.float32) + offset.astype(np.float32)
+    back = 256.0 * np.exp(-jittered) - 1.0
     return np.clip(np.rint(back), 0, 255).astype(np.uint8).reshape(image.shape)
 
 
