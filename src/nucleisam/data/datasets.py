@@ -345,9 +345,9 @@ def _looks_like_xml_folder(root: Path) -> bool:
 
 def open_dataset(
     root: str | os.PathLike[str] | None = None,
-    *,
     images: str | os.PathLike[str] | None = None,
     masks: str | os.PathLike[str] | None = None,
+    *,
     binary_masks: bool = False,
     strict: bool = False,
 ) -> Dataset:
