@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 
 from nucleisam.train.dataset import EpochSampler, SampleCache, TrainingDataset, pad_collate
@@ -72,7 +73,7 @@ def test_disk_cache_is_reused_and_invalidated(tmp_path: Path) -> None:
     # A changed label file gets new targets, not the stale cached ones.
     labels = samples[1].load_labels()
     labels[labels == 1] = 0
-    np.save(samples[1].labels_path, labels)
+    tifffile.imwrite(samples[1].labels_path, labels.astype(np.uint16))
     SampleCache("disk", tmp_path / "cache", targets_fn=second).get(samples[1])
     assert second.calls == 1
 
@@ -133,3 +134,24 @@ def test_cache_rejects_bad_mode() -> None:
         SampleCache("ram")
     with pytest.raises(ValueError, match="directory"):
         SampleCache("disk")
+
+
+def test_with_the_data_layers_augmenter(tmp_path: Path) -> None:
+    from nucleisam.data import Augmenter
+
+    samples = write_samples(tmp_path, count=2, size=48)
+    cache = SampleCache("memory", targets_fn=simple_targets)
+    augmenter = Augmenter(p_scale=1.0, p_stain=1.0)  # zoom and stain jitter on every draw
+    dataset = TrainingDataset(samples, cache, augment=augmenter, seed=2)
+    plain = TrainingDataset(samples, cache)[1]
+    first, again = dataset[(4, 1)], dataset[(4, 1)]
+    for key in ("image", "foreground", "center_distance", "boundary_distance", "valid"):
+        assert torch.equal(first[key], again[key]), key
+        assert first[key].shape == plain[key].shape
+    assert not torch.equal(first["image"], plain["image"])
+    foreground = first["foreground"][0] > 0
+    assert foreground.any()
+    # The zoomed distance maps stay on the (nearest-neighbour) zoomed nuclei, up to interpolation at edges.
+    inside = first["boundary_distance"][0] > 0.05
+    assert (inside & ~foreground).sum() <= 0.05 * inside.sum()
+    assert 0 < (first["valid"] == 0).sum() < first["valid"].numel()  # the vague square moved with the tile

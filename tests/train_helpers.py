@@ -6,37 +6,16 @@ kept in eval mode, ``trainable_parameters()``) so the generic loop can be tested
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tifffile
 import torch
 from PIL import Image
 from scipy import ndimage
 
+from nucleisam.data import Sample, load_nuinsseg
 from nucleisam.data.transforms import normalize_for_sam
-
-
-@dataclass(frozen=True)
-class FileSample:
-    """A tile on disk with the attributes/methods of ``nucleisam.data.Sample`` the training uses."""
-
-    stem: str
-    image_path: Path
-    labels_path: Path
-    ambiguous_path: Path | None
-    organ: str = "synthetic"
-
-    def load_image(self) -> np.ndarray:
-        return np.asarray(Image.open(self.image_path).convert("RGB"))
-
-    def load_labels(self) -> np.ndarray:
-        return np.load(self.labels_path).astype(np.int32)
-
-    def load_ambiguous(self) -> np.ndarray | None:
-        if self.ambiguous_path is None:
-            return None
-        return np.asarray(Image.open(self.ambiguous_path)) > 0
 
 
 def synthetic_tile(
@@ -72,24 +51,23 @@ def simple_targets(labels: np.ndarray) -> dict[str, np.ndarray]:
     return {"foreground": foreground, "center_distance": center, "boundary_distance": boundary}
 
 
-def write_samples(root: Path, count: int = 8, size: int = 32, seed: int = 0) -> list[FileSample]:
-    """Write ``count`` synthetic tiles (PNG image, NPY labels, PNG vague mask on every other one)."""
+def write_samples(root: Path, count: int = 8, size: int = 32, seed: int = 0) -> list[Sample]:
+    """Write ``count`` synthetic tiles in the NuInsSeg layout (vague square on every other tile) and
+    return the data layer's samples for them, sorted by name."""
     rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    samples = []
+    organ = root / "human synthetic"
+    for folder in ("tissue images", "label masks modify", "vague areas/mask binary"):
+        (organ / folder).mkdir(parents=True, exist_ok=True)
     for i in range(count):
         image, labels = synthetic_tile(rng, size=size)
         stem = f"tile_{i:02d}"
-        Image.fromarray(image).save(root / f"{stem}.png")
-        np.save(root / f"{stem}.npy", labels)
-        vague = None
+        Image.fromarray(image).save(organ / "tissue images" / f"{stem}.png")
+        tifffile.imwrite(organ / "label masks modify" / f"{stem}.tif", labels.astype(np.uint16))
         if i % 2 == 1:
-            vague = root / f"{stem}_vague.png"
             mask = np.zeros((size, size), np.uint8)
             mask[: size // 4, : size // 4] = 255
-            Image.fromarray(mask).save(vague)
-        samples.append(FileSample(stem, root / f"{stem}.png", root / f"{stem}.npy", vague))
-    return samples
+            Image.fromarray(mask).save(organ / "vague areas" / "mask binary" / f"{stem}.png")
+    return list(load_nuinsseg(root, strict=True).samples)
 
 
 class TinyNucleiNet(torch.nn.Module):
