@@ -114,10 +114,11 @@ def _results_table(summary: Mapping[str, Any], variant: str) -> str:
 def render_report(summary: Mapping[str, Any], *, figures: Sequence[str] = ()) -> str:
     """Markdown text of the report (see the module docstring for the summary's layout)."""
     k = summary.get("k", len(summary.get("folds", [])))
+    metric = REPORT_METRICS.get(summary.get("select_metric", "aji"), "AJI")
     out: list[str] = ["# nucleisam cross-validation report", ""]
     out.append(
         f"{summary.get('n_images', '?')} images, {k} folds. Each fold: a fresh model trained on its "
-        f"training images, the epoch with the best validation mean {summary.get('select_metric', 'AJI')} "
+        f"training images, the epoch with the best post-processed mean {metric} on its validation images "
         "kept, post-processing tuned on the validation images, test images scored at native resolution."
     )
     out += ["", f"**Aggregation:** {summary.get('aggregation', 'not stated')}", ""]
@@ -140,7 +141,7 @@ def render_report(summary: Mapping[str, Any], *, figures: Sequence[str] = ()) ->
     folds = summary.get("folds", [])
     if folds:
         out += ["## Per fold (model + tuned watershed, vague areas excluded, per-image mean)", ""]
-        header = ["Fold", "Train", "Val", "Test", "Best epoch", "Val score", *REPORT_METRICS.values()]
+        header = ["Fold", "Train", "Val", "Test", "Best epoch", f"Val {metric}", *REPORT_METRICS.values()]
         rows = []
         for i, fold in enumerate(folds):
             scores = watershed["per_fold"][i]["vague_excluded"] if watershed else {}
