@@ -16,7 +16,10 @@ from nucleisam import __version__
 from nucleisam.errors import NucleisamError
 
 # Command-group modules, in the order `nucleisam --help` lists them.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "nucleisam.cli.model",
+    "nucleisam.cli.weights",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

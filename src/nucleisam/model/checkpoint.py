@@ -73,9 +73,10 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def _manual_instructions(destination: Path, url: str) -> str:
+def _manual_instructions(destination: Path, url: str | None = None) -> str:
+    source = f"from {url}" if url else "from that address"
     return (
-        f"Download it by hand from {url} (e.g. with a browser on a machine with internet access) and "
+        f"Download the file by hand {source} (e.g. with a browser on a machine with internet access) and "
         f"save it as {destination}; or pass --checkpoint PATH (Python: ModelConfig(weights=PATH)) to use "
         f"a copy elsewhere; or set {HOME_ENV} to the folder that holds {CHECKPOINT_FILENAME}."
     )
@@ -148,13 +149,13 @@ def download_checkpoint(
                 # Raised inside atomic_output: the .part file is removed and nothing is renamed.
                 raise NucleisamError(
                     f"the file downloaded from {url} has sha256 {digest.hexdigest()}, expected {sha256}; "
-                    f"it was discarded. {_manual_instructions(target, url)}"
+                    f"it was discarded. {_manual_instructions(target)}"
                 )
     except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError is an OSError
         reason = getattr(exc, "reason", None) or exc
         raise NucleisamError(
             f"could not download the MobileSAM weights from {url} ({reason}). "
-            f"{_manual_instructions(target, url)}"
+            f"{_manual_instructions(target)}"
         ) from exc
     logger.info("MobileSAM weights downloaded and verified: %s", target)
     return target

@@ -9,8 +9,9 @@ Fine-tuning modes (what is trainable; everything else is frozen and runs in eval
   encoder Linear layers (including the never-run ImageNet classifier ``head``) and the whole SAM mask
   decoder, SAM head.
 
-"The head" is SAM's mask decoder for ``head="sam"`` and the :class:`InstanceHead` for
-``head="instance"``. The prompt encoder is always frozen (prompt-free use runs only its ``no_mask``
+"The head" is SAM's mask decoder for ``head="sam"`` (without its IoU head and the three multimask
+hypernetworks, which a single-mask prompt-free call never runs; ``seed`` trains them anyway, as the
+notebook did) and the :class:`InstanceHead` for ``head="instance"``. The prompt encoder is always frozen (prompt-free use runs only its ``no_mask``
 embedding and positional encoding), and so is TinyViT's ImageNet classifier, which MobileSAM never
 runs but which the checkpoint contains. Every part of MobileSAM is kept, run or not, so that the
 official checkpoint loads strictly key by key and parameter counts compare with the seed's.
@@ -50,6 +51,14 @@ HEADS: tuple[str, ...] = ("instance", "sam")
 SEED_LORA = LoraConfig(rank=4, alpha=1.0, dropout=0.0, targets=KNOWN_TARGETS, blocks=None)
 #: Names (prefixes inside ``image_encoder``) of TinyViT's ImageNet classifier, never run by MobileSAM.
 CLASSIFIER_PREFIXES: tuple[str, ...] = ("norm_head.", "head.")
+#: Mask decoder parts a prompt-free, single-mask call never runs: the IoU prediction head and the
+#: hypernetworks of the three multimask outputs. Frozen except in ``seed`` mode, which trained them.
+UNUSED_DECODER_PREFIXES: tuple[str, ...] = (
+    "iou_prediction_head.",
+    "output_hypernetworks_mlps.1.",
+    "output_hypernetworks_mlps.2.",
+    "output_hypernetworks_mlps.3.",
+)
 #: ``base_checkpoint_sha256`` of a model whose base weights are random.
 RANDOM_BASE = "random"
 
@@ -160,10 +169,12 @@ class NucleiSam(nn.Module):
     def _set_trainable(self) -> None:
         for parameter in self.parameters():
             parameter.requires_grad_(False)
-        head = self.mask_decoder if self.config.head == "sam" else self.instance_head
-        assert head is not None
-        for parameter in head.parameters():
-            parameter.requires_grad_(True)
+        if self.instance_head is not None:
+            self.instance_head.requires_grad_(True)
+        else:
+            keep_unused = self.config.mode == "seed"
+            for name, parameter in self.mask_decoder.named_parameters():
+                parameter.requires_grad_(keep_unused or not name.startswith(UNUSED_DECODER_PREFIXES))
         if self.config.mode == "full":
             for name, parameter in self.image_encoder.named_parameters():
                 if not name.startswith(CLASSIFIER_PREFIXES):
