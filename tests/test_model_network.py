@@ -26,7 +26,8 @@ from nucleisam.model.network import assemble_model
 
 def random_model(**kwargs) -> NucleiSam:
     kwargs.setdefault("input_size", 256)
-    return assemble_model(ModelConfig(weights="none", **kwargs), state_dict=None, base_checkpoint_sha256="random")
+    config = ModelConfig(weights="none", **kwargs)
+    return assemble_model(config, state_dict=None, base_checkpoint_sha256="random")
 
 
 def tiles(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -38,7 +39,8 @@ def tiles(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
     for b in range(batch):
         for _ in range(12):
             cy, cx = (torch.rand(2, generator=generator) * torch.tensor([height, width])).tolist()
-            blob = ((yy - cy) ** 2 + (xx - cx) ** 2) < (6 + 6 * torch.rand(1, generator=generator).item()) ** 2
+            radius = 6 + 6 * torch.rand(1, generator=generator).item()
+            blob = ((yy - cy) ** 2 + (xx - cx) ** 2) < radius**2
             image[b, :, blob] = torch.tensor([[110.0], [60.0], [150.0]])
     return (image + 8 * torch.randn(image.shape, generator=generator)).clamp(0, 255)
 
@@ -306,4 +308,5 @@ def test_merge_for_inference_keeps_outputs() -> None:
     assert not model.lora_merged
     for name in unmerged:
         torch.testing.assert_close(merged[name], unmerged[name], rtol=0, atol=1e-5)
-    assert all(isinstance(m, LoRALinear) for m in [model.image_encoder.get_submodule(n) for n in model.lora_targets])
+    wrapped = [model.image_encoder.get_submodule(name) for name in model.lora_targets]
+    assert all(isinstance(module, LoRALinear) for module in wrapped)

@@ -30,7 +30,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         choices=HEADS,
         default=None,
         help="instance: light multi-scale decoder predicting foreground, centre and boundary distance "
-        "(default); sam: SAM's prompt-free mask decoder (binary; the default and only choice for --mode seed)",
+        "(default); sam: SAM's prompt-free mask decoder (binary; default and only choice with --mode seed)",
     )
     group.add_argument(
         "--input-size",
@@ -42,7 +42,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--lora-rank", type=int, default=None, metavar="R", help="LoRA rank (default 4)")
     group.add_argument("--lora-alpha", type=float, default=None, metavar="A", help="LoRA alpha (default 4)")
-    group.add_argument("--lora-dropout", type=float, default=None, metavar="P", help="LoRA dropout (default 0)")
+    group.add_argument(
+        "--lora-dropout", type=float, default=None, metavar="P", help="LoRA dropout (default 0)"
+    )
     group.add_argument(
         "--lora-blocks",
         type=int,

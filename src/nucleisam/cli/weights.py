@@ -14,7 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Download the official MobileSAM weights (40.7 MB) into $NUCLEISAM_HOME, else the user "
         "cache folder (e.g. ~/.cache/nucleisam), verifying the sha256 before the file is put in place.",
     )
-    download.add_argument("--force", action="store_true", help="download again even if a verified copy exists")
+    download.add_argument(
+        "--force", action="store_true", help="download again even if a verified copy exists"
+    )
     download.add_argument("--quiet", action="store_true", help="no progress bar")
     download.set_defaults(handler=_download)
     path = commands.add_parser(

@@ -161,8 +161,12 @@ def load_adapter(
     """
     file = Path(path)
     metadata = read_adapter_metadata(file)
-    config = ModelConfig.from_dict(metadata["model"], weights="none")
     recorded = metadata["base_checkpoint_sha256"]
+    if recorded == RANDOM_BASE:
+        weights = "none"
+    else:
+        weights = os.fspath(checkpoint) if checkpoint is not None else "auto"
+    config = ModelConfig.from_dict(metadata["model"], weights=weights)
     if recorded == RANDOM_BASE:
         if checkpoint is not None:
             warnings.warn(
@@ -173,7 +177,7 @@ def load_adapter(
             )
         model = assemble_model(config, state_dict=None, base_checkpoint_sha256=RANDOM_BASE)
     else:
-        state, sha256, source = load_base_weights(os.fspath(checkpoint) if checkpoint is not None else "auto")
+        state, sha256, source = load_base_weights(weights)
         if sha256 != recorded:
             message = (
                 f"adapter {file} was trained on a base checkpoint with sha256 {recorded}, but {source} has "

@@ -11,10 +11,11 @@ Fine-tuning modes (what is trainable; everything else is frozen and runs in eval
 
 "The head" is SAM's mask decoder for ``head="sam"`` (without its IoU head and the three multimask
 hypernetworks, which a single-mask prompt-free call never runs; ``seed`` trains them anyway, as the
-notebook did) and the :class:`InstanceHead` for ``head="instance"``. The prompt encoder is always frozen (prompt-free use runs only its ``no_mask``
-embedding and positional encoding), and so is TinyViT's ImageNet classifier, which MobileSAM never
-runs but which the checkpoint contains. Every part of MobileSAM is kept, run or not, so that the
-official checkpoint loads strictly key by key and parameter counts compare with the seed's.
+notebook did) and the :class:`InstanceHead` for ``head="instance"``. The prompt encoder is always
+frozen (prompt-free use runs only its ``no_mask`` embedding and positional encoding), and so is
+TinyViT's ImageNet classifier, which MobileSAM never runs but which the checkpoint contains. Every
+part of MobileSAM is kept, run or not, so that the official checkpoint loads strictly key by key and
+parameter counts compare with the seed's.
 """
 
 from __future__ import annotations
