@@ -15,6 +15,15 @@ from nucleisam.model import checkpoint as ckpt
 from nucleisam.model.mobilesam import build_mobilesam
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, two threads per process oversubscribe badly."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_seed_info_json_reports_the_notebook_counts(capsys) -> None:
     assert main(["model", "info", "--mode", "seed", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -12,8 +12,10 @@ from torch import nn
 
 from nucleisam.errors import NucleisamError
 from nucleisam.model import ModelConfig, NucleiSam, build_model
+from nucleisam.model.heads import InstanceHead
 from nucleisam.model.lora import LoRALinear, lora_layers
 from nucleisam.model.mobilesam import (
+    EncoderFeatures,
     build_mobilesam,
     encode,
     prompt_free_mask_logits,
@@ -204,6 +206,27 @@ def test_native_input_size_runs_a_tile_without_resizing() -> None:
     model = random_model(head="instance", input_size=512).eval()
     with torch.no_grad():
         maps = model(tiles(1, 512, 512, seed=7).to(torch.uint8))  # uint8 is accepted too
+    assert maps["foreground"].shape == (1, 1, 512, 512)
+
+
+def test_instance_head_with_other_widths() -> None:
+    head = InstanceHead((64, 48, 36, 20, 8))
+    size = 128
+    features = EncoderFeatures(
+        stride4=torch.randn(2, 64, size // 4, size // 4),
+        stride8=torch.randn(2, 128, size // 8, size // 8),
+        embedding=torch.randn(2, 256, size // 16, size // 16),
+    )
+    assert head(torch.randn(2, 3, size, size), features).shape == (2, 3, size, size)
+    assert sum(p.numel() for p in head.parameters()) < sum(p.numel() for p in InstanceHead().parameters())
+
+
+def test_default_input_1024_runs_a_512_tile_at_sam_scale() -> None:
+    torch.manual_seed(0)
+    model = random_model(head="sam", input_size=1024).eval()
+    assert model.image_encoder.img_size == 1024 and model.prompt_encoder.image_embedding_size == (64, 64)
+    with torch.no_grad():
+        maps = model(tiles(1, 512, 512, seed=15))
     assert maps["foreground"].shape == (1, 1, 512, 512)
 
 

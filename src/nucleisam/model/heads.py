@@ -10,6 +10,7 @@ features, kept small (about 0.85 M parameters with the default widths).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -37,7 +38,7 @@ class ConvNormAct(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1) -> None:
         super().__init__(
             nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
-            nn.GroupNorm(min(8, out_channels // 4), out_channels),
+            nn.GroupNorm(math.gcd(8, out_channels), out_channels),
             nn.GELU(),
         )
 
