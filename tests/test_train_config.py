@@ -115,3 +115,44 @@ def test_shipped_configs_load(name: str) -> None:
     # Every key in the file is one the configuration knows (from_dict would have refused others)
     # and the file sets at least one value.
     assert yaml.safe_load(path.read_text())
+
+
+@dataclass(frozen=True)
+class Derived:
+    mode: str = "a"
+    head: str | None = None  # resolved from mode when left unset
+
+    def __post_init__(self) -> None:
+        if self.head is None:
+            object.__setattr__(self, "head", "x" if self.mode == "a" else "y")
+
+
+@dataclass(frozen=True)
+class HasDerived:
+    part: Derived = field(default_factory=Derived)
+
+
+def test_derived_defaults_follow_overrides() -> None:
+    assert load_config(HasDerived, None, ["part.mode=b"]).part == Derived(mode="b", head="y")
+    assert load_config(HasDerived, None, ["part.mode=b", "part.head=x"]).part.head == "x"
+
+
+def test_seed_config_reproduces_the_notebooks_parameter_counts() -> None:
+    import warnings
+
+    from nucleisam.model import build_model
+
+    config = load_run_config(REPO_ROOT / "configs" / "seed.yaml", ["model.weights=none"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model(config.model)
+    total = next(row for row in model.parameter_table() if row["part"] == "total")
+    assert (total["parameters"], total["trainable"]) == (10_254_156, 4_182_404)
+    assert config.train.loss.dice_weight == 0.0 and config.train.epochs == 10
+
+
+def test_model_section_resolves_after_overrides() -> None:
+    config = load_run_config(None, ["model.mode=seed"])
+    assert config.model.head == "sam" and config.model.lora.alpha == 1.0
+    with pytest.raises(NucleisamError, match=r"'model\.lora\.rank'"):
+        load_run_config(None, ["model.lora.rank=x"])

@@ -78,9 +78,10 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        for option in args:
-            if option is type(None):
-                continue
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # X | None: X's own error (e.g. a nested key) is the useful one
+            return _convert(value, options[0], key)
+        for option in options:
             try:
                 return _convert(value, option, key)
             except NucleisamError:
@@ -248,7 +249,9 @@ def load_config(
 ) -> T:
     """Defaults of ``cls``, updated by the file at ``path`` (if any), then by ``values`` (dotted key →
     value, e.g. from dedicated CLI options), then by the ``--set`` strings ``overrides``."""
-    data = to_dict(cls())
+    # Only what the user set is collected; from_dict fills in the rest, so that defaults one field
+    # derives from another (e.g. a head chosen by the mode) are resolved after every override.
+    data: dict[str, Any] = {}
     if path is not None:
         data = _merge(data, read_config_file(path))
     data = assign(data, values or {})

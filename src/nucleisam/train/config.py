@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from nucleisam.config import load_config
 from nucleisam.errors import NucleisamError
+from nucleisam.model import ModelConfig
 
 
 def _require(condition: bool, key: str, rule: str, value: object) -> None:
@@ -141,10 +142,10 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """Everything a run needs, one section per stage (``data``, ``train``; the model and
-    post-processing sections join when those stages define their dataclasses)."""
+    """Everything a run needs, one section per stage; each stage owns its section's dataclass."""
 
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
