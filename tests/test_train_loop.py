@@ -350,3 +350,24 @@ def test_torchrun_environment_detection(monkeypatch: pytest.MonkeyPatch) -> None
         assert resolve_device("auto") == torch.device("cpu")
         with pytest.raises(NucleisamError, match=r"train\.device is 'cuda'"):
             resolve_device("cuda")
+
+
+def test_fit_with_the_real_model_trains_lora_and_leaves_frozen_parts_alone(tmp_path: Path) -> None:
+    import warnings
+
+    from nucleisam.model import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random base weights: warned about, intended here
+        model = build_model(ModelConfig(mode="lora", head="instance", input_size=128, weights="none"))
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    buffers = {n: b.clone() for n, b in model.named_buffers() if "image_encoder" in n}
+    lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+    assert lora_before and all(torch.all(v == 0) for v in lora_before.values())  # B starts at zero
+    data = dataset(tmp_path / "data", count=2)
+    fit(model, data, TrainConfig(**dict(TINY, epochs=1, batch_size=2)), out_dir=tmp_path / "run")
+    after = dict(model.named_parameters())
+    assert all(torch.equal(after[n], v) for n, v in frozen.items())
+    assert all(torch.equal(dict(model.named_buffers())[n], v) for n, v in buffers.items())  # no BN drift
+    assert any(not torch.equal(after[n], v) for n, v in lora_before.items())  # LoRA really trained
