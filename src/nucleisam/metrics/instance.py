@@ -110,20 +110,42 @@ def _one_to_one(
             picked.append(edges[_first_per_group(component[star], -weight[edges], rows[edges], cols[edges])])
         general = rest[~star]
         if general.size:
-            order = np.argsort(component[~star], kind="stable")
-            general, group = general[order], component[~star][order]
-            bounds = np.flatnonzero(np.r_[True, group[1:] != group[:-1], True])
-            for start, stop in itertools.pairwise(bounds):
-                edges = general[start:stop]
-                local_rows, r_index = np.unique(rows[edges], return_inverse=True)
-                local_cols, c_index = np.unique(cols[edges], return_inverse=True)
-                matrix = np.zeros((local_rows.size, local_cols.size))
-                matrix[r_index, c_index] = weight[edges]
-                edge_at = np.full(matrix.shape, -1, np.intp)
-                edge_at[r_index, c_index] = edges
-                a, b = linear_sum_assignment(matrix, maximize=True)
-                picked.append(edge_at[a, b][matrix[a, b] > 0])
+            picked.extend(_hungarian_per_group(rows[general], cols[general], weight[general],
+                                               component[~star], general))
     return np.sort(np.concatenate(picked))
+
+
+def _local_rank(group: np.ndarray, node: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rank of each edge's node among the distinct nodes of its group, and nodes per group."""
+    order = np.lexsort((node, group))
+    g, n = group[order], node[order]
+    group_start = np.r_[True, g[1:] != g[:-1]]
+    new_node = group_start | np.r_[True, n[1:] != n[:-1]]
+    running = np.cumsum(new_node) - 1
+    rank = np.empty(node.size, np.intp)
+    rank[order] = running - running[group_start][np.cumsum(group_start) - 1]
+    return rank, np.add.reduceat(new_node, np.flatnonzero(group_start))
+
+
+def _hungarian_per_group(
+    rows: np.ndarray, cols: np.ndarray, weight: np.ndarray, group: np.ndarray, edge_ids: np.ndarray
+) -> list[np.ndarray]:
+    """Solve the assignment of each group on its own small matrix (rows, cols in id order)."""
+    local_row, rows_per_group = _local_rank(group, rows)
+    local_col, cols_per_group = _local_rank(group, cols)
+    order = np.argsort(group, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, group[order][1:] != group[order][:-1], True])
+    picked = []
+    for index, (start, stop) in enumerate(itertools.pairwise(bounds)):
+        edges = order[start:stop]
+        shape = (rows_per_group[index], cols_per_group[index])
+        matrix = np.zeros(shape)
+        matrix[local_row[edges], local_col[edges]] = weight[edges]
+        edge_at = np.full(shape, -1, np.intp)
+        edge_at[local_row[edges], local_col[edges]] = edge_ids[edges]
+        a, b = linear_sum_assignment(matrix, maximize=True)
+        picked.append(edge_at[a, b][matrix[a, b] > 0])
+    return picked
 
 
 def _hungarian_edges(table: OverlapTable) -> np.ndarray:
