@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,11 @@ def _find_shared_data() -> Path:
 
 
 #: The development machines' copy of one full NuInsSeg organ; absent in a user's fresh clone.
-SHARED_DATA = _find_shared_data()
+#: NUCLEISAM_SHARED_DATA points elsewhere explicitly; otherwise shared/data is looked for next to
+#: the checkout and one level up (a git worktree in a sub-folder).
+SHARED_DATA = Path(os.environ["NUCLEISAM_SHARED_DATA"]) if "NUCLEISAM_SHARED_DATA" in os.environ else (
+    _find_shared_data()
+)
 SHARED_NUINSSEG = SHARED_DATA / "NuInsSeg"
 SHARED_SPLEEN = SHARED_NUINSSEG / "human spleen"
 SHARED_UNLABELLED = SHARED_DATA / "NuInsSeg-unlabelled"
