@@ -5,6 +5,7 @@ See :mod:`nucleisam.metrics.instance` for the exact definitions and conventions 
 """
 
 from nucleisam.metrics.aggregate import MetricAccumulator, MetricSummary
+from nucleisam.metrics.folders import FolderEvaluation, evaluate_folders, write_evaluation
 from nucleisam.metrics.instance import (
     METRIC_NAMES,
     MSA_THRESHOLDS,
@@ -26,6 +27,7 @@ from nucleisam.metrics.table import OverlapTable, overlap_table, remove_ambiguou
 __all__ = [
     "METRIC_NAMES",
     "MSA_THRESHOLDS",
+    "FolderEvaluation",
     "InstanceCounts",
     "MetricAccumulator",
     "MetricSummary",
@@ -34,6 +36,7 @@ __all__ = [
     "aji_plus",
     "boundary_zone",
     "dice",
+    "evaluate_folders",
     "evaluate_instances",
     "hungarian_pairs",
     "image_counts",
@@ -42,5 +45,6 @@ __all__ = [
     "overlap_table",
     "panoptic_quality",
     "remove_ambiguous",
+    "write_evaluation",
     "zone_footprint",
 ]
