@@ -280,10 +280,11 @@ def test_bundled_tiles_with_perturbations_match_reference(sample_root: Path) -> 
         for name, pred in perturbations(gt, index).items():
             result = assert_matches_reference(gt, pred, vague)
             assert result["n_gt"] > 0, (stem, name)
-            # The per-instance reference ring is slow on a whole tile: check zones on a corner.
-            corner = (slice(0, 160), slice(0, 160))
-            assert_matches_reference(gt[corner], pred[corner], vague[corner] if vague is not None else None,
-                                     0.25, 1 + index % 3)
+            if index % 2 == 0:
+                # The per-instance reference ring is slow on a whole tile: check zones on a corner.
+                corner = (slice(0, 160), slice(0, 160))
+                assert_matches_reference(gt[corner], pred[corner],
+                                         vague[corner] if vague is not None else None, 0.25, 1 + index % 3)
 
 
 @pytest.mark.slow
@@ -291,7 +292,7 @@ def test_shared_spleen_tiles_with_perturbations_match_reference() -> None:
     if not SHARED_SPLEEN.is_dir():
         pytest.skip(f"shared NuInsSeg spleen tiles not found at {SHARED_SPLEEN}")
     tiles = sample_tiles(SHARED_SPLEEN.parent)
-    for index, (_, gt, vague) in enumerate(tiles[1::6]):  # 6 of 34 tiles keep the suite short
+    for index, (_, gt, vague) in enumerate(tiles[2::12]):  # 3 of 34 tiles keep the suite short
         for pred in perturbations(gt, 100 + index).values():
             assert_matches_reference(gt, pred, vague)
 
@@ -359,9 +360,10 @@ def test_dense_and_run_length_tables_agree(sample_root: Path, monkeypatch: pytes
 
 
 def test_boundary_zone_matches_per_instance_ring(sample_root: Path) -> None:
-    for _, gt, _ in sample_tiles(sample_root)[:2]:
-        for width in (1, 2, 3):
-            np.testing.assert_array_equal(boundary_zone(gt, width), boundary_ring(gt.astype(np.int64), width))
+    (_, gt, _), *_ = sample_tiles(sample_root)
+    gt = gt[:256, 128:]  # nuclei cut by the crop edge included
+    for width in (1, 2, 3):
+        np.testing.assert_array_equal(boundary_zone(gt, width), boundary_ring(gt.astype(np.int64), width))
 
 
 # ------------------------------------------------------------------ aggregation
