@@ -67,26 +67,23 @@ def inner_distance_squared(labels: np.ndarray, *, background: int | None = 0) ->
     to_edge = np.minimum(rows + 1, height - rows)
     best = np.minimum(horizontal_sq, to_edge * to_edge)
     wanted = np.ones(labels.shape, bool) if background is None else labels != background
-    # Offset k can only improve pixels deeper than k: follow just those (a shrinking list).
+    # Offset k can only improve pixels deeper than k: follow just those (a shrinking list). The
+    # image edge caps every pixel's depth at its distance to the edge, so the pixels still followed
+    # at offset k have both neighbours (k rows up and down) inside the image.
     flat_best, flat_labels, flat_sq = best.ravel(), labels.ravel(), horizontal_sq.ravel()
-    width = labels.shape[1]
-    offset = 1
+    shift = labels.shape[1]
     active = np.flatnonzero((best > 1) & wanted)
-    row = active // width
-    while active.size and offset < height:
+    own, current = flat_labels[active], flat_best[active]
+    offset = 1
+    while active.size:
         step = offset * offset
-        current = flat_best[active]
-        own = flat_labels[active]
-        for has_neighbour, neighbour in ((row >= offset, active - offset * width),
-                                         (row + offset < height, active + offset * width)):
-            neighbour = np.where(has_neighbour, neighbour, active)
+        for neighbour in (active - offset * shift, active + offset * shift):
             # A pixel with another label at vertical offset k is itself a non-member at distance k.
-            candidate = np.where(flat_labels[neighbour] == own, flat_sq[neighbour], 0) + step
-            np.minimum(current, np.where(has_neighbour, candidate, current), out=current)
+            np.minimum(current, flat_sq[neighbour] * (flat_labels[neighbour] == own) + step, out=current)
         flat_best[active] = current
         offset += 1
         deeper = current > offset * offset
-        active, row = active[deeper], row[deeper]
+        active, own, current = active[deeper], own[deeper], current[deeper]
     if background is not None:
         best *= wanted
     return best

@@ -254,10 +254,17 @@ def split_by_distance_peaks(mask: np.ndarray, *, peak_height: float = 1.0) -> np
     renumbered; 0 = background).
     """
     mask = np.asarray(mask, bool)
-    distance = inner_distance(mask)
-    peaks, _ = ndimage.label(_local_maxima(distance, mask), structure=_EIGHT_CONNECTED)
-    basins = seeded_watershed(-distance, peaks, mask)
-    return _merge_shallow_basins(basins, distance, peak_height)
+    basins = np.zeros(mask.shape, np.int32)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return basins
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    inside = mask[box]
+    distance = inner_distance(mask)[box]
+    # Every connected part of the mask holds its own maximum, so every part gets a seed.
+    peaks, _ = ndimage.label(_local_maxima(distance, inside), structure=_EIGHT_CONNECTED)
+    basins[box] = _merge_shallow_basins(watershed(-distance, peaks, mask=inside), distance, peak_height)
+    return basins
 
 
 def instances_from_maps(
