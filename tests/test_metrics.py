@@ -427,3 +427,11 @@ def test_bad_inputs_are_clear_errors() -> None:
         evaluate_instances(gt, gt, zone_width=-1)
     with pytest.raises(NucleisamError, match="ambiguous_threshold"):
         evaluate_instances(gt, gt, ambiguous_threshold=1.5)
+
+
+def test_ids_near_the_int64_limit() -> None:
+    gt = square((12, 12), (1, (1, 5, 1, 5)), (2, (6, 11, 6, 11)))
+    pred = np.roll(gt, 1, axis=1)
+    huge_gt = np.where(gt > 0, gt.astype(np.int64) + 2**62, 0)
+    huge_pred = np.where(pred > 0, pred.astype(np.uint64) + np.uint64(2**63 - 10), np.uint64(0))
+    assert evaluate_instances(huge_gt, huge_pred) == evaluate_instances(gt, pred)

@@ -113,7 +113,8 @@ def _joint_counts(
         if pred_values[0] != 0:
             pred_values, p = np.r_[0, pred_values], p + 1
         gt_id, pred_id, flag, count = _joint_counts(g.reshape(gt.shape), p.reshape(pred.shape), excluded)
-        return gt_values[gt_id], pred_values[pred_id], flag, count
+        # int64 throughout (as_label_map checked the range): mixing uint64 and int64 goes via float.
+        return gt_values[gt_id].astype(np.int64), pred_values[pred_id].astype(np.int64), flag, count
 
     key_type = np.int32 if n_bins <= np.iinfo(np.int32).max else np.int64
     key = g.astype(key_type) * key_type(pred_max + 1)
@@ -182,7 +183,7 @@ def remove_ambiguous(labels: np.ndarray, ambiguous: np.ndarray, *, threshold: fl
     ids, _, flag, count = _joint_counts(labels, np.zeros(labels.shape, np.uint8), mask)
     removed = _over_threshold(ids, count, flag == 1, threshold)
     cleaned = labels.copy()
-    cleaned[mask | np.isin(labels, removed)] = 0
+    cleaned[mask | np.isin(labels, removed.astype(labels.dtype))] = 0
     return cleaned
 
 
