@@ -174,3 +174,16 @@ def test_ground_truth_source_is_required_and_exclusive(
         main(["evaluate", "--pred", str(tmp_path), "--gt", str(tmp_path), "--data", str(tmp_path)])
     code, _, stderr = run(["evaluate", "--pred", str(tmp_path / "nope"), "--gt", str(tmp_path)], capsys)
     assert code == 2 and "--pred" in stderr
+
+
+def test_binary_predictions_need_binary_masks(sample_root: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    pred_dir = tmp_path / "pred"
+    pred_dir.mkdir()
+    path = label_paths(sample_root)[0]
+    Image.fromarray(((tifffile.imread(path) > 0) * 255).astype(np.uint8)).save(pred_dir / f"{path.stem}.png")
+    code, _, stderr = run(["evaluate", "--pred", str(pred_dir), "--data", str(sample_root)], capsys)
+    assert code == 2 and "--binary-masks" in stderr
+    code, stdout, _ = run(["evaluate", "--pred", str(pred_dir), "--data", str(sample_root), "--binary-masks",
+                           "--json"], capsys)
+    assert code == 0 and json.loads(stdout)["all_pixels"]["n_pred"] > 0

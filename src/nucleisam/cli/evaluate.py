@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--zone-width", type=int, default=0, metavar="PX",
                         help="ignore pixels within PX of a GT nucleus border (NucEval's ring; 0 = off, "
                         "the default)")
+    parser.add_argument("--binary-masks", action="store_true",
+                        help="accept binary masks and split them into connected components (touching "
+                        "nuclei then count as one; instance label maps are always better)")
     parser.add_argument("--out", metavar="DIR",
                         help="write per_image.csv, summary.json and summary.md here (default: print only)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -67,6 +70,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         out_dir=args.out,
         ambiguous_threshold=args.ambiguous_threshold,
         zone_width=args.zone_width,
+        binary_masks=args.binary_masks,
     )
     if args.json:
         print(json.dumps(evaluation.to_json(), indent=2))

@@ -65,8 +65,10 @@ class ImagePair:
     ambiguous_path: Path | None
     sample: Sample | None = None  #: set for NuInsSeg data (knows how to read its labels)
 
-    def load_gt(self) -> np.ndarray:
-        return self.sample.load_labels() if self.sample is not None else read_label_map(self.gt_path)
+    def load_gt(self, *, binary_masks: bool = False) -> np.ndarray:
+        if self.sample is not None:
+            return self.sample.load_labels()
+        return read_label_map(self.gt_path, binary_masks=binary_masks)
 
 
 @dataclass(frozen=True)
@@ -239,11 +241,13 @@ def evaluate_folders(
     out_dir: str | os.PathLike[str] | None = None,
     ambiguous_threshold: float = 0.25,
     zone_width: int = 0,
+    binary_masks: bool = False,
 ) -> FolderEvaluation:
     """Score every prediction in ``pred_dir`` against ``gt_dir`` (label maps) or a NuInsSeg root.
 
-    With ``out_dir``, writes ``per_image.csv``, ``summary.json`` and ``summary.md`` there
-    (see :func:`write_evaluation`).
+    ``binary_masks=True`` accepts binary prediction (and ``gt_dir``) masks and splits them into
+    connected components (touching nuclei then count as one). With ``out_dir``, writes
+    ``per_image.csv``, ``summary.json`` and ``summary.md`` there (see :func:`write_evaluation`).
     """
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise NucleisamError(f"output path {out_dir} (--out) exists and is not a folder.")
@@ -253,11 +257,11 @@ def evaluate_folders(
     vague_excluded = MetricAccumulator(ambiguous_threshold=ambiguous_threshold, zone_width=zone_width)
     vague_pixels: dict[str, int] = {}
     for pair in pairs:
-        gt = pair.load_gt()
+        gt = pair.load_gt(binary_masks=binary_masks)
         if pair.pred_path is None:
             pred = np.zeros(gt.shape, np.int32)
         else:
-            pred = read_label_map(pair.pred_path)
+            pred = read_label_map(pair.pred_path, binary_masks=binary_masks)
             if pred.shape != gt.shape:
                 raise NucleisamError(
                     f"prediction {pair.pred_path} is {pred.shape[0]}x{pred.shape[1]} but its ground truth "
