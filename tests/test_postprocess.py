@@ -204,3 +204,15 @@ def test_tuning_rejects_unknown_parameters_and_metrics(bundled_labels) -> None:
         tune_postprocess(items, metric="accuracy")
     result = tune_postprocess(items, search_space={"peak_height": (0.5, 1.0)}, metric="pq")
     assert result.metric == "pq" and result.score >= result.start_score
+
+
+def test_seeds_broken_by_noise_are_merged_again(bundled_labels) -> None:
+    items = [(noisy_maps(gt, i), gt) for i, gt in enumerate(bundled_labels[:3])]
+
+    def score(**params) -> float:
+        config = PostprocessConfig(**params)
+        scores = [evaluate_instances(gt, labels_from_maps(maps, config))["aji"] for maps, gt in items]
+        return float(np.mean(scores))
+
+    merged, fragmented = score(), score(split_depth=0.0)
+    assert merged >= 0.85 and merged > fragmented + 0.1

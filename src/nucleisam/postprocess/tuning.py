@@ -27,6 +27,7 @@ MAPS_SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
     "foreground_threshold": (0.3, 0.4, 0.5, 0.6, 0.7),
     "center_threshold": (0.15, 0.2, 0.3, 0.4, 0.5),
     "boundary_threshold": (0.3, 0.4, 0.5, 0.6, 0.7),
+    "split_depth": (0.0, 0.15, 0.3, 0.5),
     "min_area": (0, 10, 20, 40),
 }
 #: Search space for a foreground probability alone (distance-transform peaks).
