@@ -151,6 +151,8 @@ def test_batches_and_bad_parameters_are_refused() -> None:
         instances_from_maps(batch[0], batch[0], batch[0])
     with pytest.raises(NucleisamError, match="shape"):
         instances_from_maps(np.zeros((8, 8)), np.zeros((8, 9)))
+    with pytest.raises(NucleisamError, match="NaN"):
+        instances_from_foreground(np.full((8, 8), np.nan, np.float32))
     with pytest.raises(NucleisamError, match="foreground_threshold"):
         PostprocessConfig(foreground_threshold=1.5)
     with pytest.raises(NucleisamError, match="min_area"):

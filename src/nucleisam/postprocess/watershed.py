@@ -97,6 +97,8 @@ def _as_map(array: object, name: str, shape: tuple[int, ...] | None = None) -> n
         return values.astype(np.float32)
     if not np.issubdtype(values.dtype, np.number):
         raise NucleisamError(f"{name} has dtype {values.dtype}; expected probabilities in [0, 1].")
+    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+        raise NucleisamError(f"{name} contains NaN or infinite values; check the model output.")
     return values
 
 
