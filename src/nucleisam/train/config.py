@@ -15,6 +15,7 @@ from typing import Any, Literal
 from nucleisam.config import load_config
 from nucleisam.errors import NucleisamError
 from nucleisam.model import ModelConfig
+from nucleisam.postprocess import PostprocessConfig
 
 
 def _require(condition: bool, key: str, rule: str, value: object) -> None:
@@ -147,6 +148,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
 
 
 def load_run_config(
