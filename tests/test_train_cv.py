@@ -197,3 +197,23 @@ def test_train_all_writes_a_final_adapter_with_tuned_postprocessing(small_root: 
     metrics = json.loads((out / "final" / "metrics.json").read_text())
     assert (metrics["n_train"], metrics["n_val"], metrics["n_test"]) == (2, 2, 0)
     assert not list(out.glob("fold_*")) and not (out / "folds.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "no training data"),
+        (["--set", "train.epochz=3"], "unknown configuration key 'train.epochz'"),
+        (["--set", "model.input_size=100"], "input size 100 is not valid"),
+        (["--data", "MISSING"], "MISSING"),
+        (["--k", "9", "--data", "SMALL"], "cannot make k=9 folds"),
+    ],
+)
+def test_bad_options_fail_cleanly_and_write_nothing(
+    args: list[str], message: str, small_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    argv = ["cv", "--out", str(out), *[str(small_root) if a == "SMALL" else a for a in args]]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

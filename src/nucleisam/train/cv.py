@@ -372,8 +372,9 @@ def prepare_run(
     with_folds: bool = True,
     log: Log = print,
 ) -> RunSetup:
-    """Create/check the run folder, open the data, make or reload the folds, save ``config.yaml``."""
-    out = ensure_output_dir(out_dir)
+    """Check the run folder, open the data, make or reload the folds, then create the folder and save
+    ``config.yaml`` and ``folds.json`` (nothing is written when the data or options are wrong)."""
+    out = Path(out_dir)
     config_path = out / CONFIG_FILE
     if config_path.exists():
         if not resume:
@@ -382,7 +383,6 @@ def prepare_run(
                 "--out."
             )
         _check_resumable(load_run_config(config_path), config, config_path)
-    context.barrier()  # every process has checked the folder before rank 0 writes into it
     data = config.data
     if data.root is None and data.images is None:
         raise NucleisamError(
@@ -394,22 +394,23 @@ def prepare_run(
     for problem in dataset.problems:
         log(f"warning: {problem}")
     samples = list(dataset.samples)
+    folds_path = out / FOLDS_FILE
     manifest = None
-    if with_folds:
-        folds_path = out / FOLDS_FILE
-        if folds_path.exists():
-            manifest = FoldManifest.load(folds_path, samples=samples)
-        else:
-            manifest = make_folds(
-                samples,
-                k=data.k,
-                seed=data.seed,
-                group=data.group,
-                val_fraction=data.val_fraction,
-                val_seed=data.val_seed,
-            )
-            if context.is_main:
-                manifest.save(folds_path)
+    if with_folds and folds_path.exists():
+        manifest = FoldManifest.load(folds_path, samples=samples)
+    elif with_folds:
+        manifest = make_folds(
+            samples,
+            k=data.k,
+            seed=data.seed,
+            group=data.group,
+            val_fraction=data.val_fraction,
+            val_seed=data.val_seed,
+        )
+    context.barrier()  # every process has checked the folder before rank 0 writes into it
+    ensure_output_dir(out)
+    if context.is_main and manifest is not None and not folds_path.exists():
+        manifest.save(folds_path)
     if context.is_main:
         save_config(config, config_path)
     return RunSetup(out, config, samples, manifest)
