@@ -217,3 +217,12 @@ def test_bad_options_fail_cleanly_and_write_nothing(
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_train_unknown_fold_writes_nothing(
+    small_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    assert main(["train", "--data", str(small_root), "--out", str(out), "--fold", "5"]) == 2
+    assert "--fold 5 does not exist: folds are 0–4" in capsys.readouterr().err
+    assert not out.exists()

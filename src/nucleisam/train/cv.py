@@ -62,6 +62,8 @@ METHOD_LABELS = {
     "classical": "classical baseline (no model)",
 }
 VARIANTS = ("vague_excluded", "all_pixels")
+#: Columns of per_image.csv that hold names; every other column (and all of history.csv) is numeric.
+TEXT_COLUMNS = {"stem", "organ", "method", "variant"}
 AGGREGATION = (
     "per-image mean over each fold's test images; mean ± sample std (ddof=1) over folds. "
     "Per-organ values: per-image mean over all test images of the organ. Pooled and nuclei-weighted "
@@ -427,13 +429,8 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
     rows = []
     with open(path, newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
-            parsed: dict[str, Any] = {}
-            for key, value in row.items():
-                try:
-                    parsed[key] = float(value)
-                except (TypeError, ValueError):
-                    parsed[key] = value
-            rows.append(parsed)
+            # Empty cells (e.g. no validation that epoch) are left out of the row.
+            rows.append({k: v if k in TEXT_COLUMNS else float(v) for k, v in row.items() if v != ""})
     return rows
 
 
@@ -513,17 +510,15 @@ def run_cv(
     log: Log = print,
 ) -> dict[str, Any]:
     """Cross-validate ``config`` into ``out_dir``; returns the summary (also ``summary.json``)."""
+    for index in only_folds or ():
+        if not 0 <= index < config.data.k:
+            raise NucleisamError(f"--fold {index} does not exist: folds are 0–{config.data.k - 1} (data.k).")
     context = context or DistContext(device=_device(config))
     setup = prepare_run(config, out_dir, resume=resume, context=context, log=log)
     assert setup.manifest is not None
     out = setup.out
     cache = make_cache(config, out)
     wanted = list(range(len(setup.manifest.folds))) if only_folds is None else list(only_folds)
-    for index in wanted:
-        if not 0 <= index < len(setup.manifest.folds):
-            raise NucleisamError(
-                f"--fold {index} does not exist: folds are 0–{len(setup.manifest.folds) - 1}."
-            )
     overlay_dir = out / "overlays"
     results: list[dict[str, Any]] = []
     for index, fold in enumerate(setup.manifest.folds):
