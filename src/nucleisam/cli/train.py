@@ -18,8 +18,7 @@ DEMO_DATA = REPO_ROOT / "examples" / "NuInsSeg"
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="YAML/TOML configuration (see configs/)")
+def _add_set_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -28,6 +27,11 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override one option, e.g. --set train.epochs=10 (repeatable; applied last)",
     )
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML/TOML configuration (see configs/)")
+    _add_set_option(parser)
     parser.add_argument("--checkpoint", metavar="PATH", help="MobileSAM checkpoint (model.weights)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.device")
     parser.add_argument(
@@ -193,13 +197,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "few epochs). Uses the cached MobileSAM weights when present, otherwise random weights (warned).",
     )
     demo.add_argument("--out", metavar="DIR", help="run folder (default runs/demo-<date>-<time>)")
-    demo.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one option of configs/demo.yaml",
-    )
+    _add_set_option(demo)
     demo.add_argument("--resume", action="store_true", help="continue the demo run in --out")
     demo.set_defaults(handler=_handle_demo)

@@ -18,8 +18,6 @@ The run folder then gets ``summary.json``, ``report.md``, ``curves.png`` and ``o
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import shutil
 import time
@@ -36,8 +34,9 @@ from nucleisam import __version__
 from nucleisam.config import save_config, to_dict
 from nucleisam.data import Augmenter, FoldManifest, Sample, make_folds, open_dataset
 from nucleisam.errors import NucleisamError
-from nucleisam.io.atomic import ensure_output_dir, write_json_atomic, write_text_atomic
+from nucleisam.io.atomic import ensure_output_dir, write_json_atomic
 from nucleisam.io.report import REPORT_METRICS, mean_std, plot_curves, write_overlay, write_report
+from nucleisam.io.tables import read_rows_csv, write_rows_csv
 from nucleisam.metrics import MetricAccumulator
 from nucleisam.model import build_model, save_adapter
 from nucleisam.postprocess import PostprocessConfig, labels_from_maps, tune_postprocess
@@ -45,7 +44,7 @@ from nucleisam.train.config import Config, load_run_config
 from nucleisam.train.dataset import SampleCache, TileData, TrainingDataset
 from nucleisam.train.distributed import DistContext
 from nucleisam.train.inference import predict_maps
-from nucleisam.train.loop import CHECKPOINT_DIR, fit
+from nucleisam.train.loop import CHECKPOINT_DIR, HISTORY_FILE, fit
 from nucleisam.train.state import load_weights_into, seed_everything
 
 CONFIG_FILE = "config.yaml"
@@ -111,18 +110,6 @@ class _Scores:
                 "n_images": computed.n_images,
             }
         return result
-
-
-def _rows_csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    columns: list[str] = []
-    for row in rows:
-        columns.extend(k for k in row if k not in columns)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
-    return buffer.getvalue()
 
 
 def _parameter_counts(model: torch.nn.Module) -> dict[str, int | float]:
@@ -305,7 +292,7 @@ def run_fold(
                         watershed,
                     )
                     overlay_budget -= 1
-        write_text_atomic(directory / PER_IMAGE_FILE, _rows_csv(scores.rows))
+        write_rows_csv(directory / PER_IMAGE_FILE, scores.rows)
         fold_metrics["test"] = scores.summary()
         if classical is not None:
             fold_metrics["classical_params"] = to_dict(classical.config)
@@ -421,17 +408,6 @@ def prepare_run(
 def make_cache(config: Config, out: Path) -> SampleCache:
     directory = Path(config.data.cache_dir) if config.data.cache_dir else out / "cache"
     return SampleCache(config.data.cache, directory if config.data.cache == "disk" else None)
-
-
-def _read_csv(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    with open(path, newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            # Empty cells (e.g. no validation that epoch) are left out of the row.
-            rows.append({k: v if k in TEXT_COLUMNS else float(v) for k, v in row.items() if v != ""})
-    return rows
 
 
 def summarize(
@@ -559,10 +535,14 @@ def run_cv(
     if not any("classical" in r.get("test", {}) for r in results):
         notes = [*notes, "Classical baseline: not computed (this installation has no nucleisam.baseline)."]
     results.sort(key=lambda r: r["fold"])
-    per_image = [row for r in results for row in _read_csv(fold_dir(out, r["fold"]) / PER_IMAGE_FILE)]
+    per_image = [
+        row
+        for r in results
+        for row in read_rows_csv(fold_dir(out, r["fold"]) / PER_IMAGE_FILE, text_columns=TEXT_COLUMNS)
+    ]
     summary = summarize(config, results, per_image, command=command, n_images=len(setup.samples), notes=notes)
     write_json_atomic(out / SUMMARY_FILE, summary)
-    histories = {r["fold"]: _read_csv(fold_dir(out, r["fold"]) / "history.csv") for r in results}
+    histories = {r["fold"]: read_rows_csv(fold_dir(out, r["fold"]) / HISTORY_FILE) for r in results}
     figures = [plot_curves(histories, out / "curves.png", metric=config.train.select_metric).name]
     figures += sorted(f"overlays/{p.name}" for p in overlay_dir.glob("*.png"))
     write_report(summary, out, figures=figures)

@@ -23,8 +23,6 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import math
 import signal
 import threading
@@ -40,7 +38,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from nucleisam.errors import NucleisamError
-from nucleisam.io.atomic import write_text_atomic
+from nucleisam.io.tables import write_rows_csv
 from nucleisam.train.config import TrainConfig
 from nucleisam.train.dataset import TARGET_KEYS, EpochSampler, pad_collate
 from nucleisam.train.distributed import DistContext
@@ -132,18 +130,6 @@ class _SkippingSampler(EpochSampler):
         for position, item in enumerate(super().__iter__()):
             if position >= skip:
                 yield item
-
-
-def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
-    columns: list[str] = []
-    for row in rows:
-        columns.extend(k for k in row if k not in columns)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    write_text_atomic(path, buffer.getvalue())
 
 
 def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
@@ -447,7 +433,7 @@ class Trainer:
                     self.epoch += 1
                     self.save()
                     if self.context.is_main:
-                        _write_history(self.out / HISTORY_FILE, self.history)
+                        write_rows_csv(self.out / HISTORY_FILE, self.history)
                     self.say(self._epoch_line(row, improved))
                     if on_epoch_end is not None:
                         on_epoch_end(self.epoch, row)
