@@ -127,3 +127,22 @@ def test_overlay_marks_contours(tmp_path: Path) -> None:
     assert tuple(overlay_contours(image, truth, pred)[12, 12]) == (0, 220, 0)  # missed nucleus → green
     path = write_overlay(tmp_path / "o.png", image, truth, pred)
     assert np.array_equal(np.asarray(Image.open(path)), overlay_contours(image, truth, pred))
+
+
+def test_csv_rows_round_trip_with_missing_cells(tmp_path: Path) -> None:
+    from nucleisam.io.tables import read_rows_csv, write_rows_csv
+
+    rows = [
+        {"epoch": 1, "loss": 0.5},
+        {"epoch": 2, "loss": 0.25, "val_aji": 0.125},
+        {"stem": "007", "loss": 1.0},
+    ]
+    path = write_rows_csv(tmp_path / "t.csv", rows)
+    assert path.read_text().splitlines()[0] == "epoch,loss,val_aji,stem"
+    back = read_rows_csv(path, text_columns={"stem"})
+    assert back == [
+        {"epoch": 1.0, "loss": 0.5},
+        {"epoch": 2.0, "loss": 0.25, "val_aji": 0.125},
+        {"loss": 1.0, "stem": "007"},
+    ]
+    assert read_rows_csv(tmp_path / "missing.csv") == []
