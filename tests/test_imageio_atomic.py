@@ -34,8 +34,9 @@ def test_rgba_drops_alpha_and_16bit_tiff_is_rescaled(tmp_path: Path) -> None:
 
 def test_tiled_bigtiff_reads(tmp_path: Path) -> None:
     rgb = np.random.default_rng(1).integers(0, 256, size=(300, 200, 3), dtype=np.uint8)
-    tifffile.imwrite(tmp_path / "big.tif", rgb, tile=(64, 64), bigtiff=True, photometric="rgb",
-                     compression="zlib")
+    tifffile.imwrite(
+        tmp_path / "big.tif", rgb, tile=(64, 64), bigtiff=True, photometric="rgb", compression="zlib"
+    )
     np.testing.assert_array_equal(read_rgb(tmp_path / "big.tif"), rgb)
 
 

@@ -1,0 +1,161 @@
+"""Options of a training / cross-validation run, and the root :class:`Config` that holds every stage's.
+
+A run is fully described by one :class:`Config`: defaults here, updated from a YAML/TOML file
+(``--config``) and ``--set section.key=value`` overrides (see :mod:`nucleisam.config`). The resolved
+tree is saved as ``config.yaml`` in the run folder, so ``--config <run>/config.yaml`` repeats a run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from nucleisam.config import load_config
+from nucleisam.errors import NucleisamError
+from nucleisam.model import ModelConfig
+from nucleisam.postprocess import PostprocessConfig
+
+
+def _require(condition: bool, key: str, rule: str, value: object) -> None:
+    if not condition:
+        raise NucleisamError(f"configuration key '{key}' must be {rule} (got {value!r}).")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from, how they are split into folds, and how decoded data is cached.
+
+    Either ``root`` (a NuInsSeg-layout folder) or ``images`` with ``masks`` (folders paired by stem;
+    ``masks`` may be left out when Aperio ``.xml`` annotations sit beside the images).
+    ``k``/``seed``/``group`` define the outer folds (defaults: the NuInsSeg authors' split),
+    ``val_fraction``/``val_seed`` the inner validation split of each training fold (stratified by
+    organ) used for checkpoint selection and post-processing tuning. ``cache``: decoded images and
+    training targets are kept in memory ("memory"), also written to ``cache_dir`` as ``.npz`` files
+    and reused by later runs ("disk"), or recomputed every time ("none").
+    """
+
+    root: str | None = None
+    images: str | None = None
+    masks: str | None = None
+    binary_masks: bool = False
+    strict: bool = False
+    k: int = 5
+    seed: int = 19
+    group: Literal["organ"] | None = None
+    val_fraction: float = 0.125
+    val_seed: int = 0
+    cache: Literal["memory", "disk", "none"] = "memory"
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.k >= 2, "data.k", "at least 2", self.k)
+        _require(0.0 < self.val_fraction < 1.0, "data.val_fraction", "in (0, 1)", self.val_fraction)
+        _require(
+            self.masks is None or self.images is not None, "data.masks", "given with data.images", self.masks
+        )
+        _require(
+            self.root is None or self.images is None,
+            "data.root/data.images",
+            "one or the other, not both",
+            (self.root, self.images),
+        )
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights of the loss terms (see :mod:`nucleisam.train.losses`).
+
+    Foreground: ``bce_weight`` × BCE + ``dice_weight`` × soft Dice. Instance head only:
+    ``distance_weight`` × regression of each distance map inside the foreground, with
+    ``distance_loss`` "smooth_l1" (transition at ``smooth_l1_beta``) or "mse".
+    """
+
+    bce_weight: float = 1.0
+    dice_weight: float = 1.0
+    distance_weight: float = 1.0
+    distance_loss: Literal["smooth_l1", "mse"] = "smooth_l1"
+    smooth_l1_beta: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("bce_weight", "dice_weight", "distance_weight"):
+            value = getattr(self, name)
+            _require(value >= 0.0, f"train.loss.{name}", "≥ 0", value)
+        _require(self.smooth_l1_beta > 0.0, "train.loss.smooth_l1_beta", "> 0", self.smooth_l1_beta)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and run-time options.
+
+    AdamW with a linear warm-up over ``warmup_epochs`` (when set) or ``warmup_fraction`` of all
+    optimiser steps, then cosine decay to ``min_lr_ratio`` × ``lr``. The effective batch is
+    ``batch_size`` × ``grad_accumulation`` × number of processes. ``amp`` means bf16 autocast on
+    CUDA (CPU always trains in fp32). Each ``validate_every`` epochs the inner validation split is
+    post-processed and scored; the epoch with the best mean ``select_metric`` is kept.
+    """
+
+    epochs: int = 30
+    batch_size: int = 4
+    eval_batch_size: int = 4
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_fraction: float = 0.05
+    warmup_epochs: float | None = None
+    min_lr_ratio: float = 0.01
+    grad_clip: float | None = 1.0
+    grad_accumulation: int = 1
+    seed: int = 0
+    num_workers: int = 2
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    augment: bool = True
+    validate_every: int = 1
+    select_metric: Literal["aji", "aji_plus", "pq", "dice"] = "aji"
+    progress: bool = True
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "train.epochs", "at least 1", self.epochs)
+        _require(self.batch_size >= 1, "train.batch_size", "at least 1", self.batch_size)
+        _require(self.eval_batch_size >= 1, "train.eval_batch_size", "at least 1", self.eval_batch_size)
+        _require(self.lr > 0.0, "train.lr", "> 0", self.lr)
+        _require(self.weight_decay >= 0.0, "train.weight_decay", "≥ 0", self.weight_decay)
+        _require(
+            0.0 <= self.warmup_fraction < 1.0, "train.warmup_fraction", "in [0, 1)", self.warmup_fraction
+        )
+        if self.warmup_epochs is not None:
+            _require(
+                0.0 <= self.warmup_epochs <= self.epochs,
+                "train.warmup_epochs",
+                "between 0 and train.epochs",
+                self.warmup_epochs,
+            )
+        _require(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
+        if self.grad_clip is not None:
+            _require(self.grad_clip > 0.0, "train.grad_clip", "> 0 or null (no clipping)", self.grad_clip)
+        _require(self.grad_accumulation >= 1, "train.grad_accumulation", "at least 1", self.grad_accumulation)
+        _require(self.num_workers >= 0, "train.num_workers", "≥ 0", self.num_workers)
+        _require(self.validate_every >= 1, "train.validate_every", "at least 1", self.validate_every)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run needs, one section per stage; each stage owns its section's dataclass."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+
+
+def load_run_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Iterable[str] = (),
+    values: Mapping[str, Any] | None = None,
+) -> Config:
+    """The run configuration: defaults, then the file ``path`` (YAML/TOML), then ``values`` (dotted
+    key → value from CLI options), then ``--set`` overrides."""
+    return load_config(Config, path, overrides, values)
