@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Six spleen tiles in the NuInsSeg release layout, shipped with the repository (CC BY 4.0).
 SAMPLE_ROOT = REPO_ROOT / "examples" / "NuInsSeg"
 #: The development machines' copy of one full NuInsSeg organ; absent in a user's fresh clone.
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+#: NUCLEISAM_SHARED_DATA points elsewhere (e.g. from a git worktree that is not next to shared/).
+SHARED_DATA = Path(os.environ.get("NUCLEISAM_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 SHARED_NUINSSEG = SHARED_DATA / "NuInsSeg"
 SHARED_SPLEEN = SHARED_NUINSSEG / "human spleen"
 SHARED_UNLABELLED = SHARED_DATA / "NuInsSeg-unlabelled"

@@ -16,7 +16,9 @@ from nucleisam import __version__
 from nucleisam.errors import NucleisamError
 
 # Command-group modules, in the order `nucleisam --help` lists them.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "nucleisam.cli.data",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,67 @@
 """Data layer: readers (NuInsSeg, folders, XML), folds, transforms, augmentation, training targets."""
 
-from nucleisam.data.imageio import IMAGE_SUFFIXES, read_rgb, to_rgb_uint8
+from nucleisam.data.aperio_xml import rasterize_polygons, read_xml_instances, read_xml_polygons
+from nucleisam.data.datasets import (
+    Dataset,
+    Sample,
+    is_nuinsseg_root,
+    load_folders,
+    load_nuinsseg,
+    open_dataset,
+    parse_organ_folder,
+)
+from nucleisam.data.folds import Fold, FoldManifest, make_folds
+from nucleisam.data.imageio import IMAGE_SUFFIXES, probe_image, read_rgb, to_rgb_uint8
+from nucleisam.data.labels import (
+    LABEL_SUFFIXES,
+    count_instances,
+    label_map_from_array,
+    read_binary_mask,
+    read_label_map,
+)
+from nucleisam.data.summary import DatasetSummary, summarize
+from nucleisam.data.transforms import (
+    Augmented,
+    Augmenter,
+    from_model_output,
+    longest_side_shape,
+    resize_image,
+    resize_map,
+    resize_nearest,
+    to_model_input,
+)
 
-__all__ = ["IMAGE_SUFFIXES", "read_rgb", "to_rgb_uint8"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "LABEL_SUFFIXES",
+    "Augmented",
+    "Augmenter",
+    "Dataset",
+    "DatasetSummary",
+    "Fold",
+    "FoldManifest",
+    "Sample",
+    "count_instances",
+    "from_model_output",
+    "is_nuinsseg_root",
+    "label_map_from_array",
+    "load_folders",
+    "load_nuinsseg",
+    "longest_side_shape",
+    "make_folds",
+    "open_dataset",
+    "parse_organ_folder",
+    "probe_image",
+    "rasterize_polygons",
+    "read_binary_mask",
+    "read_label_map",
+    "read_rgb",
+    "read_xml_instances",
+    "read_xml_polygons",
+    "resize_image",
+    "resize_map",
+    "resize_nearest",
+    "summarize",
+    "to_model_input",
+    "to_rgb_uint8",
+]

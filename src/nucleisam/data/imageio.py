@@ -81,3 +81,35 @@ def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an image file as RGB ``uint8`` of shape (H, W, 3); errors name the file."""
     file = Path(path)
     return to_rgb_uint8(_read_array(file), source=f"image {file}")
+
+
+def probe_image(path: str | os.PathLike[str]) -> tuple[int, int, int]:
+    """(H, W, channels) of an image file from its header only, without decoding the pixels.
+
+    Used to pair and check a whole data set quickly; a file that is not a readable image raises
+    :class:`NucleisamError` naming it. ``channels`` is 1 for grayscale, 3 for RGB, 4 for RGBA.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise NucleisamError(f"image file not found: {file}")
+    try:
+        if file.suffix.lower() in TIFF_SUFFIXES:
+            import tifffile
+
+            with tifffile.TiffFile(file) as tif:
+                shape = tuple(tif.series[0].levels[0].shape)
+        else:
+            with Image.open(file) as img:
+                bands = 3 if img.mode in ("P", "PA") else len(img.getbands())
+                return img.size[1], img.size[0], bands
+    except (UnidentifiedImageError, OSError, ValueError, IndexError, KeyError) as exc:
+        raise NucleisamError(
+            f"cannot read image {file}: {exc}. Check that the file is a valid PNG, JPEG or TIFF."
+        ) from exc
+    if len(shape) == 2:
+        return int(shape[0]), int(shape[1]), 1
+    if len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (3, 4):
+        return int(shape[1]), int(shape[2]), int(shape[0])
+    if len(shape) == 3:
+        return int(shape[0]), int(shape[1]), int(shape[2])
+    raise NucleisamError(f"image {file} has shape {shape}; expected (H, W, 3) RGB.")

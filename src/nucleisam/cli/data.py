@@ -1,0 +1,128 @@
+"""`nucleisam data info` and `nucleisam data folds`: inspect a data set, make cross-validation folds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from nucleisam.data.datasets import Dataset, open_dataset
+from nucleisam.data.folds import make_folds
+from nucleisam.data.summary import SUBSTANTIAL_VAGUE_FRACTION, DatasetSummary, summarize
+from nucleisam.errors import NucleisamError
+from nucleisam.io.atomic import ensure_output_dir
+
+
+def _add_data_source(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("root", nargs="?", metavar="ROOT",
+                        help="NuInsSeg root (organ folders) or one organ folder, or a folder of images "
+                        "with .xml annotations beside them")
+    parser.add_argument("--images", metavar="DIR", help="folder of images (instead of ROOT)")
+    parser.add_argument("--masks", metavar="DIR",
+                        help="folder of instance label maps (TIFF/PNG/NPY) or Aperio XML, paired by stem")
+    parser.add_argument("--binary-masks", action="store_true",
+                        help="accept binary masks and split them into connected components")
+    parser.add_argument("--strict", action="store_true", help="treat any problem in the data as an error")
+
+
+def _open(args: argparse.Namespace) -> Dataset:
+    return open_dataset(args.root, images=args.images, masks=args.masks,
+                        binary_masks=args.binary_masks, strict=args.strict)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser("data", help="inspect data sets and make cross-validation folds",
+                                 description="Inspect data sets and make cross-validation folds.")
+    commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+
+    info = commands.add_parser("info", help="count images, nuclei, organs, vague areas and problems",
+                               description="Count images, nuclei, organs, tiles with vague areas, and "
+                               "list problems (unpaired files, duplicates, size mismatches).")
+    _add_data_source(info)
+    info.add_argument("--json", action="store_true", help="print the summary as JSON")
+    info.set_defaults(handler=run_info)
+
+    folds = commands.add_parser("folds", help="write a k-fold cross-validation manifest (JSON)",
+                                description="Split the images into k folds (by default exactly "
+                                "scikit-learn's KFold(shuffle=True)) with a validation subset per fold, "
+                                "and save the stems as a JSON manifest.")
+    _add_data_source(folds)
+    folds.add_argument("--k", type=int, default=5, help="number of folds (default 5)")
+    folds.add_argument("--seed", type=int, default=19,
+                       help="seed of the test split (default 19, the NuInsSeg authors' split)")
+    folds.add_argument("--group", choices=["organ"], default=None,
+                       help="keep every organ's images in a single test fold")
+    folds.add_argument("--val-fraction", type=float, default=0.125,
+                       help="share of each training fold held out for validation, stratified by organ "
+                       "(default 0.125)")
+    folds.add_argument("--val-seed", type=int, default=0, help="seed of the validation draw (default 0)")
+    folds.add_argument("--out", required=True, metavar="FILE", help="manifest to write (JSON)")
+    folds.set_defaults(handler=run_folds)
+
+    data.set_defaults(handler=lambda _args: _print_help(data))
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def format_summary(summary: DatasetSummary) -> str:
+    """Human-readable summary, one fact per line."""
+    lines = [
+        f"data:     {summary.root} ({summary.layout} layout)",
+        f"images:   {summary.images:,}",
+        f"nuclei:   {summary.nuclei:,}",
+        f"organs:   {len(summary.organs)}",
+    ]
+    width = max((len(name) for name in summary.organs), default=0)
+    for name, count in summary.organs.items():
+        lines.append(f"  {name:<{width}}  {count.images:>5,} images  {count.nuclei:>7,} nuclei")
+    lines.append(
+        f"tiles with vague areas: {summary.tiles_with_vague_areas:,} "
+        f"({summary.tiles_with_substantial_vague_areas:,} with more than "
+        f"{SUBSTANTIAL_VAGUE_FRACTION:.0%} of the tile vague)"
+    )
+    if summary.problems:
+        lines.append(f"problems: {len(summary.problems)} (these tiles are left out; "
+                     "--strict makes them errors)")
+        lines.extend(f"  - {problem}" for problem in summary.problems)
+    else:
+        lines.append("problems: none")
+    return "\n".join(lines)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    summary = summarize(_open(args))
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        print(format_summary(summary))
+    return 0
+
+
+def run_folds(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.is_dir():
+        raise NucleisamError(f"--out {out} is a folder; give a file name such as {out / 'folds.json'}.")
+    dataset = _open(args)
+    for problem in dataset.problems:
+        print(f"nucleisam: warning: {problem} (left out)", file=sys.stderr)
+    if not dataset.samples:
+        raise NucleisamError(f"no usable image/label pairs in {dataset.root}; nothing to split.")
+    manifest = make_folds(dataset.samples, k=args.k, seed=args.seed, group=args.group,
+                          val_fraction=args.val_fraction, val_seed=args.val_seed)
+    # The output folder is created only once the folds exist, so a failed run leaves nothing behind.
+    ensure_output_dir(out.parent, option="--out")
+    try:
+        manifest.save(out)
+    except OSError as exc:
+        raise NucleisamError(f"cannot write {out} (--out): {exc.strerror or exc}.") from exc
+    grouping = "grouped by organ" if args.group else "image-level"
+    print(f"{manifest.k} folds ({grouping}, seed {manifest.seed}) over {len(manifest.stems)} images:")
+    for fold in manifest.folds:
+        print(f"  fold {fold.index}: train {len(fold.train):>4}  val {len(fold.val):>3}  "
+              f"test {len(fold.test):>4}")
+    print(f"wrote {out}")
+    return 0
