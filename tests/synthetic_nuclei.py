@@ -97,3 +97,34 @@ def aji(truth: np.ndarray, prediction: np.ndarray) -> float:
     pred_ids = pred_ids[pred_ids > 0]
     unions += true_area[true_ids[~paired_truth[true_ids]]].sum() + pred_area[pred_ids[~used[pred_ids]]].sum()
     return float(intersections / unions) if unions else 1.0
+
+
+def darkness_model():  # -> torch.nn.Module, built lazily so this module imports without torch
+    """A model stand-in that obeys the NucleiSam contract without weights.
+
+    ``forward(images (B, 3, H, W) float 0–255)`` returns ``foreground`` logits (positive where the
+    pixel is darker than a nucleus threshold) and ``center_distance`` / ``boundary_distance`` in
+    [0, 1], all (B, 1, H, W). Its foreground probability equals :func:`threshold_maps`' exactly at
+    the 0.5 level, so the same post-processing gives the same instances.
+    """
+    import torch
+    from torch import nn
+
+    class DarknessModel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.tensor(0.1))  # so .to(device) has something to move
+
+        def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+            if images.ndim != 4 or images.shape[1] != 3:
+                raise ValueError(f"expected (B, 3, H, W), got {tuple(images.shape)}")
+            darkness = 255.0 - images.float().mean(dim=1, keepdim=True)
+            logits = (darkness - 90.0) * self.scale
+            probability = torch.sigmoid(logits)
+            return {
+                "foreground": logits,
+                "center_distance": 1.0 - probability,
+                "boundary_distance": probability,
+            }
+
+    return DarknessModel()
