@@ -1,0 +1,113 @@
+"""`nucleisam predict` end to end on files, folders and globs: outputs, summaries, errors.
+
+The classical baseline and the adapter loader are written in parallel; until they are on main,
+these tests swap ``Predictor.classical`` for a predictor built on the synthetic-nuclei stand-in,
+which exercises everything the CLI itself does (inputs, tiling, exports, overwrite rules).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from nucleisam.cli import main
+from nucleisam.predict.predictor import Predictor
+from synthetic_nuclei import distance_watershed, synthetic_nuclei, threshold_maps
+
+
+def _stand_in_classical(*, tile: int = 512, overlap: int = 64, **params: object) -> Predictor:
+    def label_fn(maps: dict[str, np.ndarray], image: np.ndarray) -> np.ndarray:
+        return distance_watershed({"foreground": threshold_maps(image[None])["foreground"][0]})
+
+    return Predictor(label_fn=label_fn, tile=tile, overlap=overlap, description="stand-in classical")
+
+
+@pytest.fixture
+def images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(Predictor, "classical", staticmethod(_stand_in_classical))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for seed, (name, shape) in enumerate({"tile_a.png": (256, 256), "wide_b.tif": (300, 700)}.items()):
+        image, _ = synthetic_nuclei(*shape, seed=seed)
+        if name.endswith(".tif"):
+            tifffile.imwrite(folder / name, image, photometric="rgb", tile=(64, 64), bigtiff=True)
+        else:
+            Image.fromarray(image).save(folder / name)
+    return folder
+
+
+def test_predict_writes_every_format_per_image(images: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    code = main(["predict", str(images), "--method", "classical", "--out", str(out), "--tile", "256",
+                 "--overlap", "64", "--mpp", "0.5"])
+    assert code == 0
+    stdout = capsys.readouterr().out
+    assert "tile_a.png:" in stdout and "wide_b.tif:" in stdout and "nuclei in" in stdout
+    assert "2 image(s)" in stdout
+    for stem, shape in (("tile_a", (256, 256)), ("wide_b", (300, 700))):
+        labels = tifffile.imread(out / f"{stem}_labels.tif")
+        assert labels.shape == shape and labels.max() > 20
+        ids = np.unique(labels)[1:]
+        with open(out / f"{stem}_nuclei.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        assert [int(r["id"]) for r in rows] == ids.tolist()
+        assert [int(r["area_px"]) for r in rows] == np.bincount(labels.ravel())[ids].tolist()
+        features = json.loads((out / f"{stem}_nuclei.geojson").read_text())["features"]
+        assert len(features) == len(ids)
+        assert Image.open(out / f"{stem}_overlay.png").size == (shape[1], shape[0])
+        name = "tile_a.png" if stem == "tile_a" else "wide_b.tif"
+        assert f"{images / name}: {len(ids):,} nuclei in" in stdout
+
+
+def test_existing_outputs_stop_the_run_before_any_work(images: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "wide_b_nuclei.csv").write_text("mine")
+    args = ["predict", str(images / "*.*"), "--method", "classical", "--out", str(out),
+            "--formats", "csv,tiff"]
+    assert main(args) == 2
+    assert "wide_b_nuclei.csv already exists" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["wide_b_nuclei.csv"]  # not even tile_a's outputs
+    assert main([*args, "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["tile_a_labels.tif", "tile_a_nuclei.csv",
+                                                    "wide_b_labels.tif", "wide_b_nuclei.csv"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "--adapter FILE .* or --method classical"),
+        (["--method", "model"], "--method model needs --adapter"),
+        (["--method", "classical", "--adapter", "x.safetensors"], "uses no model"),
+        (["--method", "classical", "--formats", "tiff,svg"], "--formats.*svg"),
+        (["--method", "classical", "--tile", "256", "--overlap", "300"], "--overlap 300"),
+        (["--method", "classical", "--mpp", "-1"], "--mpp"),
+        (["--method", "classical", "--batch-size", "0"], "--batch-size"),
+    ],
+)
+def test_bad_options_exit_2_with_the_option_named(images: Path, tmp_path: Path, extra: list[str],
+                                                  message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert main(["predict", str(images), "--out", str(out), *extra]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_unmatched_input_and_grayscale_image_are_errors(images: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "nothing*.png"), "--method", "classical", "--out", str(out)]) == 2
+    assert "matches no images" in capsys.readouterr().err
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(images / "gray.png")
+    assert main(["predict", str(images / "gray.png"), "--method", "classical", "--out", str(out)]) == 2
+    assert "grayscale" in capsys.readouterr().err
+    assert not any(out.iterdir())
