@@ -25,12 +25,11 @@ neighbouring background centres, so rasterising the polygon by pixel centres giv
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +39,7 @@ from skimage.measure import find_contours
 from skimage.segmentation import find_boundaries
 
 from nucleisam.errors import NucleisamError
-from nucleisam.io.atomic import atomic_output, write_text_atomic
+from nucleisam.io.atomic import atomic_output
 from nucleisam.io.measure import check_label_map, compact_labels, measure_nuclei
 
 #: Export formats in the order the CLI lists them.
@@ -139,45 +138,77 @@ def _drop_collinear(ring: np.ndarray) -> np.ndarray:
     return np.concatenate([keep, keep[:1]])
 
 
-def nucleus_polygons(labels: np.ndarray) -> dict[int, np.ndarray]:
-    """One closed outer ring per nucleus, as (N, 2) arrays of ``x, y`` in QuPath pixel coordinates.
+def iter_nucleus_polygons(labels: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """``(id, ring)`` per nucleus in increasing id order; the ring is an (N, 2) array of ``x, y``
+    in QuPath pixel coordinates.
 
     Rings start and end at the same vertex; collinear vertices are dropped. Coordinates lie on
     the half-pixel grid between pixel centres, so no pixel centre falls on a ring.
     """
     labels, original_ids = compact_labels(check_label_map(labels))
     top = int(labels.max(initial=0))
-    rings: dict[int, np.ndarray] = {}
     if top == 0:
-        return rings
+        return
     for index, box in enumerate(ndi.find_objects(labels, max_label=top)):
         if box is None:
             continue
         label_id = index + 1
         # One pixel of background around the box so every ring closes inside the crop.
         mask = np.pad(labels[box] == label_id, 1)
-        mask = ndi.binary_fill_holes(mask)
-        pieces, count = ndi.label(mask, structure=_EIGHT_CONNECTED)
-        if count > 1:
-            sizes = np.bincount(pieces.ravel())
-            sizes[0] = 0
-            mask = pieces == int(sizes.argmax())
-        # 'high': diagonal neighbours are connected, matching the 8-connected pieces above.
+        # 'high': diagonal neighbours are connected (8-connected pieces, 4-connected holes).
         contours = find_contours(mask.astype(np.float32), 0.5, fully_connected="high")
+        if len(contours) > 1:  # holes or several pieces: fill the holes, keep the largest piece
+            mask = ndi.binary_fill_holes(mask)
+            pieces, count = ndi.label(mask, structure=_EIGHT_CONNECTED)
+            if count > 1:
+                sizes = np.bincount(pieces.ravel())
+                sizes[0] = 0
+                mask = pieces == int(sizes.argmax())
+            contours = find_contours(mask.astype(np.float32), 0.5, fully_connected="high")
         ring = _drop_collinear(max(contours, key=len))
         # (row, col) in the padded crop → x, y with pixel centres at +0.5.
         xy = np.empty_like(ring)
         xy[:, 0] = ring[:, 1] - 1 + box[1].start + 0.5
         xy[:, 1] = ring[:, 0] - 1 + box[0].start + 0.5
-        rings[label_id if original_ids is None else int(original_ids[label_id])] = xy
-    return rings
+        yield (label_id if original_ids is None else int(original_ids[label_id])), xy
 
 
-def _json_number(value: float | int) -> float | int | None:
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    value = float(value)
-    return round(value, 6) if math.isfinite(value) else None
+def nucleus_polygons(labels: np.ndarray) -> dict[int, np.ndarray]:
+    """All rings of :func:`iter_nucleus_polygons` as an id → ring dictionary."""
+    return dict(iter_nucleus_polygons(labels))
+
+
+def _rounded_rows(measurements: Mapping[str, np.ndarray]) -> tuple[list[str], list[list[float | int]]]:
+    """Column names and per-nucleus rows of plain Python numbers (floats to 6 decimals)."""
+    names = list(measurements)
+    columns = []
+    for name in names:
+        column = np.asarray(measurements[name])
+        columns.append(column.tolist() if column.dtype.kind in "iu" else np.round(column, 6).tolist())
+    return names, [list(row) for row in zip(*columns, strict=True)]
+
+
+def _iter_features(
+    labels: np.ndarray, measurements: Mapping[str, np.ndarray], stem: str
+) -> Iterator[dict]:
+    names, rows = _rounded_rows(measurements)
+    ids = np.asarray(measurements["id"]).tolist()
+    class_name, class_colour = NUCLEUS_CLASS
+    classification = {"name": class_name, "color": list(class_colour)}
+    # strict: a label map and measurements with different numbers of nuclei raise ValueError.
+    for (label_id, ring), row_id, row in zip(iter_nucleus_polygons(labels), ids, rows, strict=True):
+        if label_id != row_id:
+            raise ValueError("measurements and label map disagree on the nucleus ids")
+        yield {
+            "type": "Feature",
+            "id": str(uuid.uuid5(_UUID_NAMESPACE, f"{stem}/{label_id}")),
+            "geometry": {"type": "Polygon", "coordinates": [ring.tolist()]},
+            "properties": {
+                "objectType": "detection",
+                "classification": classification,
+                "measurements": dict(zip(names, row, strict=True)),
+            },
+        }
 
 
 def geojson_feature_collection(
@@ -190,30 +221,11 @@ def geojson_feature_collection(
 
     Args:
         labels: integer (H, W) instance ids.
-        measurements: columns from :func:`~nucleisam.io.measure.measure_nuclei` (must hold ``id``).
+        measurements: columns from :func:`~nucleisam.io.measure.measure_nuclei` (must hold ``id``,
+            in increasing order, one row per nucleus of ``labels``).
         stem: image name, mixed into the deterministic feature UUIDs.
     """
-    rings = nucleus_polygons(labels)
-    ids = np.asarray(measurements["id"])
-    if set(ids.tolist()) != set(rings):
-        raise ValueError("measurements and label map disagree on the nucleus ids")
-    class_name, class_colour = NUCLEUS_CLASS
-    names = list(measurements)
-    features = []
-    for row, label_id in enumerate(ids.tolist()):
-        values = {name: _json_number(measurements[name][row]) for name in names}
-        coordinates = [[_json_number(x), _json_number(y)] for x, y in rings[label_id].tolist()]
-        features.append({
-            "type": "Feature",
-            "id": str(uuid.uuid5(_UUID_NAMESPACE, f"{stem}/{label_id}")),
-            "geometry": {"type": "Polygon", "coordinates": [coordinates]},
-            "properties": {
-                "objectType": "detection",
-                "classification": {"name": class_name, "color": list(class_colour)},
-                "measurements": {name: value for name, value in values.items() if value is not None},
-            },
-        })
-    return {"type": "FeatureCollection", "features": features}
+    return {"type": "FeatureCollection", "features": list(_iter_features(labels, measurements, stem))}
 
 
 def write_geojson(
@@ -224,13 +236,17 @@ def write_geojson(
     stem: str = "",
     overwrite: bool = False,
 ) -> Path:
-    """Write :func:`geojson_feature_collection` compactly (one feature per line)."""
+    """Write :func:`geojson_feature_collection` compactly, one feature per line, streaming (a
+    slide region's hundreds of thousands of nuclei never sit in memory as one document)."""
     check_outputs_free([path], overwrite=overwrite)
-    collection = geojson_feature_collection(labels, measurements, stem=stem)
-    lines = [json.dumps(feature, separators=(",", ":")) for feature in collection["features"]]
-    body = ",\n".join(lines)
-    text = '{"type":"FeatureCollection","features":[\n' + body + ("\n" if lines else "") + "]}\n"
-    return write_text_atomic(path, text)
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        handle.write('{"type":"FeatureCollection","features":[')
+        separator = "\n"
+        for feature in _iter_features(labels, measurements, stem):
+            handle.write(separator + json.dumps(feature, separators=(",", ":")))
+            separator = ",\n"
+        handle.write("\n]}\n")
+    return Path(path)
 
 
 def write_measurements_csv(
@@ -238,15 +254,12 @@ def write_measurements_csv(
 ) -> Path:
     """Write the measurement columns as CSV, one row per nucleus (floats to 6 decimals)."""
     check_outputs_free([path], overwrite=overwrite)
-    names = list(measurements)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(names)
-    columns = [np.asarray(measurements[name]) for name in names]
-    count = len(columns[0]) if columns else 0
-    for row in range(count):
-        writer.writerow([_json_number(column[row].item()) for column in columns])
-    return write_text_atomic(path, buffer.getvalue())
+    names, rows = _rounded_rows(measurements)
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(names)
+        writer.writerows(rows)
+    return Path(path)
 
 
 def overlay_image(
