@@ -18,6 +18,8 @@ from nucleisam.errors import NucleisamError
 # Command-group modules, in the order `nucleisam --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "nucleisam.cli.data",
+    "nucleisam.cli.model",
+    "nucleisam.cli.weights",
     "nucleisam.cli.predict",
 )
 

@@ -1,0 +1,271 @@
+"""The official MobileSAM checkpoint: where it is cached, how it is downloaded, verified and loaded.
+
+The weights are never unpickled with code execution: :func:`load_state_dict_file` uses
+``torch.load(..., weights_only=True)``, which only rebuilds tensors and plain containers and refuses
+any other object. Every key is checked against the model before loading, and a mismatch is reported
+in full (missing, unexpected and mis-shaped keys) instead of PyTorch's one-line error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import pickle
+import sys
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from nucleisam.errors import NucleisamError
+from nucleisam.io.atomic import atomic_output
+
+logger = logging.getLogger(__name__)
+
+#: MobileSAM's released weights (a flat state_dict), pinned to a commit of the authors' repository.
+CHECKPOINT_URL = "https://github.com/ChaoningZhang/MobileSAM/raw/a509aac54fdd7af59f843135f2f7cee307283c88/weights/mobile_sam.pt"
+CHECKPOINT_SHA256 = "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f"
+CHECKPOINT_SIZE = 40_728_226
+CHECKPOINT_FILENAME = "mobile_sam.pt"
+#: Environment variable naming the folder that holds the cached weights.
+HOME_ENV = "NUCLEISAM_HOME"
+
+_CHUNK = 1 << 20
+
+
+def cache_dir() -> Path:
+    """Folder for downloaded weights: ``$NUCLEISAM_HOME`` if set, else the platform's user cache.
+
+    Linux and other Unix: ``$XDG_CACHE_HOME/nucleisam`` (default ``~/.cache/nucleisam``); macOS:
+    ``~/Library/Caches/nucleisam``; Windows: ``%LOCALAPPDATA%\\nucleisam\\Cache``.
+    """
+    home = os.environ.get(HOME_ENV)
+    if home:
+        return Path(home).expanduser()
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "nucleisam" / "Cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "nucleisam"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base_dir = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base_dir / "nucleisam"
+
+
+def default_checkpoint_path() -> Path:
+    """Where ``nucleisam weights download`` puts (and ``weights="auto"`` looks for) ``mobile_sam.pt``."""
+    return cache_dir() / CHECKPOINT_FILENAME
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _manual_instructions(destination: Path, url: str | None = None) -> str:
+    source = f"from {url}" if url else "from that address"
+    return (
+        f"Download the file by hand {source} (e.g. with a browser on a machine with internet access) and "
+        f"save it as {destination}; or pass --checkpoint PATH (Python: ModelConfig(weights=PATH)) to use "
+        f"a copy elsewhere; or set {HOME_ENV} to the folder that holds {CHECKPOINT_FILENAME}."
+    )
+
+
+def download_checkpoint(
+    destination: str | os.PathLike[str] | None = None,
+    *,
+    url: str = CHECKPOINT_URL,
+    sha256: str = CHECKPOINT_SHA256,
+    expected_size: int | None = CHECKPOINT_SIZE,
+    force: bool = False,
+    progress: bool = True,
+    timeout: float = 60.0,
+) -> Path:
+    """Download the MobileSAM weights and verify them; return the path of the verified file.
+
+    The bytes go to a ``.part`` file beside ``destination`` that is renamed into place only after
+    its sha256 matches, so an interrupted or corrupted download never leaves a usable-looking file.
+
+    Args:
+        destination: target file (default :func:`default_checkpoint_path`).
+        url, sha256, expected_size: the file to fetch and its known digest and size (size only sizes
+            the progress bar when the server does not send one).
+        force: download again even if a verified file is already there.
+        progress: show a progress bar on stderr.
+        timeout: seconds to wait for the server before giving up.
+    Raises:
+        NucleisamError: offline, server error, or digest mismatch; the message says where to put a
+            manually downloaded file.
+    """
+    target = Path(destination) if destination is not None else default_checkpoint_path()
+    if target.is_file() and not force:
+        actual = file_sha256(target)
+        if actual == sha256:
+            logger.info("MobileSAM weights already present and verified at %s", target)
+            return target
+        raise NucleisamError(
+            f"{target} exists but its sha256 is {actual}, not the expected {sha256} (a partial or "
+            "different file). Delete it, or run `nucleisam weights download --force` to replace it."
+        )
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NucleisamError(
+            f"cannot create the weights folder {target.parent}: {exc.strerror or exc}. "
+            f"Set {HOME_ENV} to a folder you can write to."
+        ) from exc
+    digest = hashlib.sha256()
+    try:
+        with atomic_output(target) as part, urllib.request.urlopen(url, timeout=timeout) as response:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else expected_size
+            with (
+                open(part, "wb") as out,
+                tqdm(
+                    total=total,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=CHECKPOINT_FILENAME,
+                    disable=not progress,
+                ) as bar,
+            ):
+                while chunk := response.read(_CHUNK):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+            if digest.hexdigest() != sha256:
+                # Raised inside atomic_output: the .part file is removed and nothing is renamed.
+                raise NucleisamError(
+                    f"the file downloaded from {url} has sha256 {digest.hexdigest()}, expected {sha256}; "
+                    f"it was discarded. {_manual_instructions(target)}"
+                )
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError is an OSError
+        reason = getattr(exc, "reason", None) or exc
+        raise NucleisamError(
+            f"could not download the MobileSAM weights from {url} ({reason}). "
+            f"{_manual_instructions(target)}"
+        ) from exc
+    logger.info("MobileSAM weights downloaded and verified: %s", target)
+    return target
+
+
+def find_checkpoint(*, download: bool = True, progress: bool = True) -> Path:
+    """The cached official checkpoint, verified; downloaded first if absent and ``download``."""
+    target = default_checkpoint_path()
+    if target.is_file() or download:
+        return download_checkpoint(target, progress=progress)
+    raise NucleisamError(
+        f"the MobileSAM weights are not at {target}. Run `nucleisam weights download`. "
+        f"{_manual_instructions(target, CHECKPOINT_URL)}"
+    )
+
+
+def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a flat ``state_dict`` saved with ``torch.save``, safely.
+
+    Only tensors and plain containers are accepted (``torch.load(weights_only=True)``): a file that
+    would construct any other object (which in a pickle can mean running arbitrary code) is refused
+    before anything in it runs.
+
+    Raises:
+        NucleisamError: unreadable, unsafe, or not a mapping of names to tensors.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise NucleisamError(
+            f"checkpoint {file} does not exist (--checkpoint). Give the path to mobile_sam.pt."
+        )
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise NucleisamError(
+            f"refused to load {file}: it contains objects other than tensors, which could run code when "
+            f"unpickled ({str(exc).splitlines()[0]}). Use the official mobile_sam.pt or a plain state_dict."
+        ) from exc
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        raise NucleisamError(
+            f"cannot read checkpoint {file}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. "
+            "Is it a complete PyTorch .pt file? Download it again with `nucleisam weights download --force`."
+        ) from exc
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise NucleisamError(
+            f"checkpoint {file} is not a flat state_dict (a mapping of parameter names to tensors) like "
+            "mobile_sam.pt."
+        )
+    return dict(state)
+
+
+@dataclass(frozen=True)
+class KeyReport:
+    """Differences between a checkpoint and a model's ``state_dict``."""
+
+    missing: tuple[str, ...]
+    unexpected: tuple[str, ...]
+    mis_shaped: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]  # (key, checkpoint, model)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mis_shaped)
+
+    def format(self, *, limit: int = 20) -> str:
+        """Readable multi-line report, at most ``limit`` entries per section."""
+        lines: list[str] = []
+
+        def section(title: str, entries: list[str]) -> None:
+            if not entries:
+                return
+            lines.append(f"{title} ({len(entries)}):")
+            lines.extend(f"  {entry}" for entry in entries[:limit])
+            if len(entries) > limit:
+                lines.append(f"  ... and {len(entries) - limit} more")
+
+        section("missing from the checkpoint", list(self.missing))
+        section("unexpected in the checkpoint", list(self.unexpected))
+        section(
+            "shape differs (checkpoint vs model)",
+            [f"{key}: {tuple(ck)} vs {tuple(md)}" for key, ck, md in self.mis_shaped],
+        )
+        return "\n".join(lines)
+
+
+def compare_state_dict(
+    expected: Mapping[str, torch.Tensor], checkpoint: Mapping[str, torch.Tensor]
+) -> KeyReport:
+    """Compare a checkpoint's keys and shapes with a model's ``state_dict`` (``expected``)."""
+    missing = tuple(k for k in expected if k not in checkpoint)
+    unexpected = tuple(k for k in checkpoint if k not in expected)
+    mis_shaped = tuple(
+        (k, tuple(checkpoint[k].shape), tuple(expected[k].shape))
+        for k in expected
+        if k in checkpoint and checkpoint[k].shape != expected[k].shape
+    )
+    return KeyReport(missing=missing, unexpected=unexpected, mis_shaped=mis_shaped)
+
+
+def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """Load ``state`` into ``module`` only if keys and shapes match exactly; else explain what differs.
+
+    Raises:
+        NucleisamError: naming ``source`` and listing missing, unexpected and mis-shaped keys.
+    """
+    report = compare_state_dict(module.state_dict(), state)
+    if not report.ok:
+        raise NucleisamError(
+            f"{source} does not match the MobileSAM architecture:\n{report.format()}\n"
+            "Use the official mobile_sam.pt (`nucleisam weights download`) or a state_dict with its keys."
+        )
+    module.load_state_dict(state, strict=True)
