@@ -7,8 +7,19 @@ import pytest
 import torch
 
 from nucleisam.errors import NucleisamError
-from nucleisam.predict.predictor import Predictor, resolve_device
+from nucleisam.model import ModelConfig, NucleiSam
+from nucleisam.model.network import assemble_model
+from nucleisam.predict.predictor import Predictor, model_map_fn, resolve_device
 from synthetic_nuclei import aji, darkness_model, distance_watershed, synthetic_nuclei, threshold_maps
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: the development machines have 2 cores shared by several processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -16,8 +27,51 @@ def image() -> np.ndarray:
     return synthetic_nuclei(700, 900, seed=5)[0]
 
 
+@pytest.fixture(scope="module")
+def nucleisam() -> NucleiSam:
+    """The real network (instance head, input 256), randomly initialised: no weights needed."""
+    torch.manual_seed(0)
+    config = ModelConfig(mode="lora", head="instance", input_size=256, weights="none")
+    return assemble_model(config, state_dict=None, base_checkpoint_sha256="random").eval()
+
+
+def test_model_map_fn_gives_probabilities_per_tile_for_the_real_network(nucleisam: NucleiSam) -> None:
+    tiles = synthetic_nuclei(128, 256, seed=6)[0].reshape(128, 2, 128, 3).transpose(1, 0, 2, 3).copy()
+    maps = model_map_fn(nucleisam, torch.device("cpu"))(tiles)
+    assert set(maps) == {"foreground", "center_distance", "boundary_distance"}
+    with torch.inference_mode():
+        raw = nucleisam(torch.from_numpy(tiles.transpose(0, 3, 1, 2).copy()).float())
+    np.testing.assert_allclose(maps["foreground"], torch.sigmoid(raw["foreground"])[:, 0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(maps["center_distance"], raw["center_distance"][:, 0].numpy(), atol=1e-6)
+    for values in maps.values():
+        assert values.shape == (2, 128, 128) and values.dtype == np.float32
+    # A batch equals its tiles one at a time.
+    single = model_map_fn(nucleisam, torch.device("cpu"))(tiles[1:])
+    np.testing.assert_allclose(single["boundary_distance"][0], maps["boundary_distance"][1], atol=1e-5)
+
+
+def test_real_network_on_an_image_smaller_than_a_tile(nucleisam: NucleiSam) -> None:
+    """The image is padded with white to the tile size; the maps returned are the tile's maps on
+    the image's pixels, and post-processing sees exactly those."""
+    small = synthetic_nuclei(100, 120, seed=7)[0]
+    seen: list[tuple[int, ...]] = []
+
+    def threshold(maps: dict[str, np.ndarray], tile_image: np.ndarray) -> np.ndarray:
+        seen.append(maps["foreground"].shape)
+        return (maps["foreground"] > 0.5).astype(np.int32)
+
+    predictor = Predictor.from_model(nucleisam, postprocess=threshold, tile=128, overlap=32)
+    result = predictor.predict(small, return_maps=True)
+    padded = np.full((1, 128, 128, 3), 255, np.uint8)
+    padded[0, :100, :120] = small
+    expected = model_map_fn(nucleisam, torch.device("cpu"))(padded)
+    assert seen == [(100, 120)]
+    for name, values in result.maps.items():
+        np.testing.assert_allclose(values, expected[name][0, :100, :120], atol=1e-6)
+    np.testing.assert_array_equal(result.labels > 0, expected["foreground"][0, :100, :120] > 0.5)
+
+
 def test_model_predictor_matches_whole_image_processing(image: np.ndarray) -> None:
-    torch.set_num_threads(1)
     predictor = Predictor.from_model(darkness_model(), postprocess=distance_watershed, tile=256, overlap=64,
                                      batch_size=3)
     tiles_done: list[int] = []
