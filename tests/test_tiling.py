@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from nucleisam.errors import NucleisamError
+from nucleisam.predict import tiling
 from nucleisam.predict.tiling import InstanceStitcher, TileGrid, predict_tiled
 from synthetic_nuclei import aji, distance_watershed, synthetic_nuclei, threshold_maps
 
@@ -93,6 +94,32 @@ def test_nucleus_wider_than_the_overlap_is_taken_whole_from_the_tile_that_holds_
     labels, count = stitcher.finish()
     assert count == 2
     assert same_partition(labels, truth)
+
+
+def test_nucleus_segmented_slightly_differently_by_two_tiles_is_kept_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A nucleus in the middle of the overlap of tiles [0, 200) and [136, 336): each tile sees it
+    shifted by a pixel towards the other tile's side, so each alone would call the other tile the
+    most central. The tolerance keeps it (once: the second copy is a duplicate)."""
+    grid = TileGrid.for_image(60, 336, tile=200, overlap=64)
+    left, right = list(grid)
+    seen_by_left = np.zeros((60, 336), dtype=np.int32)
+    seen_by_left[20:40, 159:179] = 1
+    seen_by_right = np.zeros((60, 336), dtype=np.int32)
+    seen_by_right[20:40, 157:177] = 1
+
+    def stitch() -> tuple[np.ndarray, int]:
+        stitcher = InstanceStitcher(grid)
+        stitcher.add(left, seen_by_left[:, left.x0 : left.x1])
+        stitcher.add(right, seen_by_right[:, right.x0 : right.x1])
+        return stitcher.finish()
+
+    labels, count = stitch()
+    assert count == 1
+    np.testing.assert_array_equal(labels > 0, seen_by_left > 0)  # the first tile's copy
+    monkeypatch.setattr(tiling, "CENTRAL_TOLERANCE", 0)
+    assert stitch()[1] == 0  # an exact rule would lose it
 
 
 def test_object_larger_than_any_tile_is_kept_once_by_the_core_rule() -> None:

@@ -6,10 +6,12 @@ padded, so the network always sees native-scale pixels). Each tile goes through 
 kept by exactly one tile, decided from what the tile itself sees:
 
 - an instance that does not touch the tile's inner edges (edges that are not the image border) is
-  *complete*; it is kept only by the tile where it is most central, i.e. the tile, among all tiles
-  that contain its bounding box, whose inner edges are farthest from that box (per axis, first on
-  ties). Every tile that sees the instance complete computes the same answer, so it is kept once
-  and never cut. Any nucleus narrower than the overlap is complete in some tile.
+  *complete*; it is kept by the tile where it is most central, i.e. the tile, among all tiles that
+  hold its bounding box, whose inner edges are farthest from that box (per axis; tiles within
+  ``CENTRAL_TOLERANCE`` pixels of the best count as tied, so a nucleus segmented slightly
+  differently by two tiles is never left by each to the other; the second copy is then dropped
+  as a duplicate). Every tile that sees the instance complete computes the same answer, so it is
+  kept once and never cut. Any nucleus narrower than the overlap is complete in some tile.
 - an instance that touches an inner edge is *cut*. It is pasted provisionally, only by the tile
   whose *core* holds its centroid (the cores split the image at the middle of every overlap), so
   objects too large for any tile still appear; a complete instance that later covers most of it
@@ -42,6 +44,10 @@ LabelFn = Callable[[Mapping[str, np.ndarray], np.ndarray], np.ndarray]
 
 #: An instance whose pixels are more than this fraction assigned already is a duplicate.
 DUPLICATE_FRACTION = 0.5
+#: A tile keeps a complete instance when its margin is within this many pixels of the best tile's.
+#: Two tiles that segment a nucleus a pixel or two differently then never both leave it to the
+#: other (the near-tie duplicate is dropped as mostly covered) instead of losing it.
+CENTRAL_TOLERANCE = 4
 
 
 def _axis_layout(size: int, tile: int, overlap: int) -> tuple[list[int], list[int]]:
@@ -117,23 +123,22 @@ class TileGrid:
                 index += 1
 
 
-    def most_central(self, start: np.ndarray, stop: np.ndarray, *, axis: int) -> np.ndarray:
-        """Per interval ``[start, stop)`` along ``axis`` (0: rows, 1: columns), the index of the tile
-        row/column that holds it with the largest distance to its inner edges; -1 if none holds it.
-
-        An interval holds when it does not touch an inner edge (touching the image border is fine).
+    def margins(self, start: np.ndarray, stop: np.ndarray, *, axis: int) -> np.ndarray:
+        """How far each interval ``[start, stop)`` along ``axis`` (0: rows, 1: columns) stays from
+        the inner edges of each tile row/column: an (n_tiles_along_axis, n_intervals) array, -1
+        where the tile does not hold the interval (it touches or crosses an inner edge). Touching
+        the image border is fine: that side's margin counts as unlimited.
         """
         size = self.height if axis == 0 else self.width
-        origins = np.asarray(self.origins_y if axis == 0 else self.origins_x)[:, None]
+        origins = np.asarray(self.origins_y if axis == 0 else self.origins_x, dtype=np.int64)[:, None]
         ends = np.minimum(origins + self.tile, size)
         start, stop = np.asarray(start)[None, :], np.asarray(stop)[None, :]
-        unbounded = np.iinfo(np.int64).max
-        low = np.where(origins == 0, unbounded, start - origins)  # margin to the first inner edge
-        high = np.where(ends == size, unbounded, ends - stop)
+        unlimited = np.iinfo(np.int64).max
+        low = np.where(origins == 0, unlimited, start - origins)
+        high = np.where(ends == size, unlimited, ends - stop)
         margin = np.minimum(low, high)
         holds = (start >= origins) & (stop <= ends) & (margin > 0)
-        margin = np.where(holds, margin, -1)
-        return np.where(holds.any(axis=0), margin.argmax(axis=0), -1)
+        return np.where(holds, margin, -1)
 
 
 def check_tiling(tile: int, overlap: int) -> None:
@@ -194,8 +199,11 @@ class InstanceStitcher:
         height, width = self.labels.shape
         cut = ((tile.y0 > 0) & (y0 == tile.y0)) | ((tile.y1 < height) & (y1 == tile.y1))
         cut |= ((tile.x0 > 0) & (x0 == tile.x0)) | ((tile.x1 < width) & (x1 == tile.x1))
-        central = (self.grid.most_central(y0, y1, axis=0) == tile.row)
-        central &= self.grid.most_central(x0, x1, axis=1) == tile.col
+        central = np.ones(len(boxes), dtype=bool)
+        for axis, start, stop, index in ((0, y0, y1, tile.row), (1, x0, x1, tile.col)):
+            margins = self.grid.margins(start, stop, axis=axis)
+            mine = margins[index]
+            central &= (mine > 0) & (mine >= margins.max(axis=0) - CENTRAL_TOLERANCE)
 
         flat = local.ravel()
         area = np.bincount(flat, minlength=size)[1:].astype(np.float64)
@@ -238,8 +246,8 @@ class InstanceStitcher:
         overlapped = region[complete_pixels & taken & ~firm]
         if overlapped.size:
             hits = np.bincount(overlapped)
-            present = np.bincount(region[taken & ~firm], minlength=len(hits))[: len(hits)]
-            stale = np.flatnonzero(hits > DUPLICATE_FRACTION * present)
+            provisional_area = np.bincount(region[taken & ~firm], minlength=len(hits))[: len(hits)]
+            stale = np.flatnonzero(hits > DUPLICATE_FRACTION * provisional_area)
             if stale.size:
                 self._removed[stale] = True
                 region[np.isin(region, stale)] = 0
