@@ -10,9 +10,22 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Six spleen tiles in the NuInsSeg release layout, shipped with the repository (CC BY 4.0).
 SAMPLE_ROOT = REPO_ROOT / "examples" / "NuInsSeg"
+
+
+def _find_shared_data() -> Path:
+    """``shared/data`` next to the checkout, or one level up for a git worktree in a sub-folder."""
+    for parent in (REPO_ROOT.parent, REPO_ROOT.parent.parent):
+        if (parent / "shared" / "data").is_dir():
+            return parent / "shared" / "data"
+    return REPO_ROOT.parent / "shared" / "data"
+
+
 #: The development machines' copy of one full NuInsSeg organ; absent in a user's fresh clone.
-#: NUCLEISAM_SHARED_DATA points elsewhere (e.g. from a git worktree that is not next to shared/).
-SHARED_DATA = Path(os.environ.get("NUCLEISAM_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+#: NUCLEISAM_SHARED_DATA points elsewhere explicitly; otherwise shared/data is looked for next to
+#: the checkout and one level up (a git worktree in a sub-folder).
+SHARED_DATA = Path(os.environ["NUCLEISAM_SHARED_DATA"]) if "NUCLEISAM_SHARED_DATA" in os.environ else (
+    _find_shared_data()
+)
 SHARED_NUINSSEG = SHARED_DATA / "NuInsSeg"
 SHARED_SPLEEN = SHARED_NUINSSEG / "human spleen"
 SHARED_UNLABELLED = SHARED_DATA / "NuInsSeg-unlabelled"

@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "nucleisam.cli.data",
     "nucleisam.cli.model",
     "nucleisam.cli.weights",
+    "nucleisam.cli.evaluate",
     "nucleisam.cli.predict",
 )
 

@@ -20,6 +20,7 @@ from nucleisam.data.labels import (
     read_label_map,
 )
 from nucleisam.data.summary import DatasetSummary, summarize
+from nucleisam.data.targets import instance_targets
 from nucleisam.data.transforms import (
     Augmented,
     Augmenter,
@@ -43,6 +44,7 @@ __all__ = [
     "Sample",
     "count_instances",
     "from_model_output",
+    "instance_targets",
     "is_nuinsseg_root",
     "label_map_from_array",
     "load_folders",
