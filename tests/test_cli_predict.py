@@ -1,8 +1,7 @@
 """`nucleisam predict` end to end on files, folders and globs: outputs, summaries, errors.
 
-The classical baseline and the adapter loader are written in parallel; until they are on main,
-these tests swap ``Predictor.classical`` for a predictor built on the synthetic-nuclei stand-in,
-which exercises everything the CLI itself does (inputs, tiling, exports, overwrite rules).
+The classical method needs no weights; the adapter path uses a randomly initialised adapter saved
+with recorded post-processing parameters (no base checkpoint needed).
 """
 
 from __future__ import annotations
@@ -10,28 +9,24 @@ from __future__ import annotations
 import csv
 import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+import torch
 from PIL import Image
 
+from nucleisam.baseline import classical_instances
 from nucleisam.cli import main
-from nucleisam.predict.predictor import Predictor
-from synthetic_nuclei import distance_watershed, synthetic_nuclei, threshold_maps
-
-
-def _stand_in_classical(*, tile: int = 512, overlap: int = 64, **params: object) -> Predictor:
-    def label_fn(maps: dict[str, np.ndarray], image: np.ndarray) -> np.ndarray:
-        return distance_watershed({"foreground": threshold_maps(image[None])["foreground"][0]})
-
-    return Predictor(label_fn=label_fn, tile=tile, overlap=overlap, description="stand-in classical")
+from nucleisam.data import read_label_map, read_rgb
+from nucleisam.model import ModelConfig, build_model, save_adapter
+from synthetic_nuclei import synthetic_nuclei
 
 
 @pytest.fixture
-def images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(Predictor, "classical", staticmethod(_stand_in_classical))
+def images(tmp_path: Path) -> Path:
     folder = tmp_path / "in"
     folder.mkdir()
     for seed, (name, shape) in enumerate({"tile_a.png": (256, 256), "wide_b.tif": (300, 700)}.items()):
@@ -111,3 +106,40 @@ def test_unmatched_input_and_grayscale_image_are_errors(images: Path, tmp_path: 
     assert main(["predict", str(images / "gray.png"), "--method", "classical", "--out", str(out)]) == 2
     assert "grayscale" in capsys.readouterr().err
     assert not any(out.iterdir())
+
+
+def test_classical_method_on_the_bundled_sample(sample_root: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The real classical baseline, no model or weights: nuclei found on real H&E tiles."""
+    tiles = sample_root / "human spleen" / "tissue images"
+    out = tmp_path / "out"
+    assert main(["predict", str(tiles / "human_spleen_0*.png"), "--method", "classical", "--out", str(out),
+                 "--formats", "tiff,csv"]) == 0
+    for stem in ("human_spleen_01", "human_spleen_05"):
+        truth = read_label_map(sample_root / "human spleen" / "label masks modify" / f"{stem}.tif")
+        labels = tifffile.imread(out / f"{stem}_labels.tif")
+        # A 512×512 tile is a single window: exactly the baseline on the whole image.
+        np.testing.assert_array_equal(labels, classical_instances(read_rgb(tiles / f"{stem}.png")))
+        n_true = len(np.unique(truth)) - 1
+        assert 0.5 * n_true < len(np.unique(labels)) - 1 < 2 * n_true
+    stdout = capsys.readouterr().out
+    assert "human_spleen_01.png: " in stdout and "human_spleen_05.png: " in stdout and "2 image(s)" in stdout
+
+
+def test_adapter_method_with_a_saved_adapter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A randomly initialised adapter (no base checkpoint needed) with recorded post-processing."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model(ModelConfig(input_size=256, weights="none"))
+    adapter = save_adapter(model, tmp_path / "adapter.safetensors",
+                           extra_metadata={"postprocess": {"foreground_threshold": 0.45, "min_area": 5}})
+    image, _ = synthetic_nuclei(300, 260, seed=3)
+    Image.fromarray(image).save(tmp_path / "x.png")
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "x.png"), "--adapter", str(adapter), "--out", str(out),
+                 "--tile", "256", "--overlap", "32", "--batch-size", "2"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["x_labels.tif", "x_nuclei.csv", "x_nuclei.geojson",
+                                                    "x_overlay.png"]
+    assert tifffile.imread(out / "x_labels.tif").shape == (300, 260)
+    assert "1 image(s)" in capsys.readouterr().out

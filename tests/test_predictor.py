@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from nucleisam.baseline import classical_instances
+from nucleisam.data import read_rgb
 from nucleisam.errors import NucleisamError
-from nucleisam.model import ModelConfig, NucleiSam
+from nucleisam.model import ModelConfig, NucleiSam, save_adapter
 from nucleisam.model.network import assemble_model
+from nucleisam.postprocess import PostprocessConfig, labels_from_maps
 from nucleisam.predict.predictor import Predictor, model_map_fn, resolve_device
 from synthetic_nuclei import aji, darkness_model, distance_watershed, synthetic_nuclei, threshold_maps
 
@@ -110,3 +113,30 @@ def test_bad_options_are_clear_errors() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(NucleisamError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+def test_from_adapter_applies_the_recorded_postprocessing(nucleisam: NucleiSam, tmp_path) -> None:
+    adapter = save_adapter(nucleisam, tmp_path / "a.safetensors",
+                           extra_metadata={"postprocess": {"foreground_threshold": 0.45, "min_area": 3}})
+    predictor = Predictor.from_adapter(adapter, tile=256, overlap=32)
+    small = synthetic_nuclei(200, 240, seed=8)[0]  # one tile: stitching changes nothing
+    result = predictor.predict(small, return_maps=True)
+    expected = labels_from_maps(result.maps, PostprocessConfig(foreground_threshold=0.45, min_area=3))
+    np.testing.assert_array_equal(result.labels > 0, expected > 0)
+    assert result.n_nuclei == len(np.unique(expected)) - 1
+    # The adapter reloads the same network.
+    direct = Predictor.from_model(nucleisam, tile=256).predict(small, return_maps=True)
+    np.testing.assert_allclose(result.maps["foreground"], direct.maps["foreground"], atol=1e-5)
+
+
+def test_adapter_with_unknown_postprocessing_parameters_is_refused(nucleisam: NucleiSam, tmp_path) -> None:
+    adapter = save_adapter(nucleisam, tmp_path / "b.safetensors",
+                           extra_metadata={"postprocess": {"magic": 1}})
+    with pytest.raises(NucleisamError, match=r"b\.safetensors.*magic"):
+        Predictor.from_adapter(adapter)
+
+
+def test_classical_predictor_equals_the_baseline_on_a_single_tile(sample_root) -> None:
+    image = read_rgb(sample_root / "human spleen" / "tissue images" / "human_spleen_13.png")
+    np.testing.assert_array_equal(Predictor.classical()(image), classical_instances(image))
+    assert Predictor.classical().predict(image).network_seconds == 0.0
