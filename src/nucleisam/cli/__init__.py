@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "nucleisam.cli.weights",
     "nucleisam.cli.train",
     "nucleisam.cli.evaluate",
+    "nucleisam.cli.predict",
 )
 
 
