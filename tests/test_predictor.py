@@ -15,14 +15,7 @@ from nucleisam.postprocess import PostprocessConfig, labels_from_maps
 from nucleisam.predict.predictor import Predictor, model_map_fn, resolve_device
 from synthetic_nuclei import aji, darkness_model, distance_watershed, synthetic_nuclei, threshold_maps
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the development machines have 2 cores shared by several processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
