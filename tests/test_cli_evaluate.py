@@ -187,3 +187,26 @@ def test_binary_predictions_need_binary_masks(sample_root: Path, tmp_path: Path,
     code, stdout, _ = run(["evaluate", "--pred", str(pred_dir), "--data", str(sample_root), "--binary-masks",
                            "--json"], capsys)
     assert code == 0 and json.loads(stdout)["all_pixels"]["n_pred"] > 0
+
+
+
+def test_predict_output_folder_is_evaluated_as_it_is(sample_root: Path, tmp_path: Path, capsys) -> None:
+    """`nucleisam predict` writes <stem>_labels.tif beside overlays and CSVs; evaluate pairs those
+    label maps with the ground truth of <stem> and scores them like plainly named files."""
+    images = sample_root / "human spleen" / "tissue images"
+    predicted = tmp_path / "pred"
+    assert main(["predict", str(images), "--method", "classical", "--formats", "tiff,overlay",
+                 "--out", str(predicted)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--pred", str(predicted), "--data", str(sample_root), "--json"]) == 0
+    via_predict = json.loads(capsys.readouterr().out)
+    assert via_predict["vague_excluded"]["n_images"] == 6
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for path in predicted.glob("*_labels.tif"):
+        shutil.copy(path, plain / path.name.replace("_labels", ""))
+    assert main(["evaluate", "--pred", str(plain), "--data", str(sample_root), "--json"]) == 0
+    plainly_named = json.loads(capsys.readouterr().out)
+    assert via_predict["unmatched_predictions"] == []  # the overlay pictures are not label maps
+    for variant in ("vague_excluded", "all_pixels"):
+        assert plainly_named[variant] == via_predict[variant]

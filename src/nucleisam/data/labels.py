@@ -21,6 +21,10 @@ from scipy import ndimage as ndi
 from nucleisam.errors import NucleisamError
 
 LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
+#: `nucleisam predict` names label maps ``<stem>_labels.tif``; `evaluate` pairs them by ``<stem>``.
+PREDICTED_LABELS_SUFFIX = "_labels"
+#: ...and its contour overlays ``<stem>_overlay.png``, which are pictures, not label maps.
+PREDICTED_OVERLAY_SUFFIX = "_overlay"
 _TIFF_SUFFIXES = (".tif", ".tiff")
 _INT32_MAX = np.iinfo(np.int32).max
 # Above this id, counting instances with a histogram would allocate too much; fall back to np.unique.

@@ -38,6 +38,7 @@ from scipy import ndimage as ndi
 from skimage.measure import find_contours
 from skimage.segmentation import find_boundaries
 
+from nucleisam.data.labels import PREDICTED_LABELS_SUFFIX, PREDICTED_OVERLAY_SUFFIX
 from nucleisam.errors import NucleisamError
 from nucleisam.io.atomic import atomic_output
 from nucleisam.io.measure import check_label_map, compact_labels, measure_nuclei
@@ -45,10 +46,10 @@ from nucleisam.io.measure import check_label_map, compact_labels, measure_nuclei
 #: Export formats in the order the CLI lists them.
 EXPORT_FORMATS: tuple[str, ...] = ("tiff", "geojson", "csv", "overlay")
 _SUFFIXES: dict[str, str] = {
-    "tiff": "_labels.tif",
+    "tiff": f"{PREDICTED_LABELS_SUFFIX}.tif",
     "geojson": "_nuclei.geojson",
     "csv": "_nuclei.csv",
-    "overlay": "_overlay.png",
+    "overlay": f"{PREDICTED_OVERLAY_SUFFIX}.png",
 }
 #: Longest side of the overlay PNG; larger images are reduced by an integer factor.
 OVERLAY_MAX_SIDE = 4096

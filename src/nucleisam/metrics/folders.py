@@ -1,6 +1,7 @@
 """Scoring a folder of predicted label maps against ground truth, and writing the report.
 
-Predictions and GT are paired by file stem. A GT image without a prediction is scored as an empty
+Predictions and GT are paired by file stem (``<stem>_labels.tif``, as `nucleisam predict` names
+its label maps, counts as ``<stem>``). A GT image without a prediction is scored as an empty
 prediction (every metric 0 for it) and listed; a prediction without GT is listed and ignored; a
 prediction whose size differs from its GT is an error naming both files. Everything is read and
 scored before anything is written, and each output file is written atomically.
@@ -21,7 +22,13 @@ from typing import Any
 import numpy as np
 
 from nucleisam.data.datasets import Sample, load_nuinsseg
-from nucleisam.data.labels import LABEL_SUFFIXES, read_binary_mask, read_label_map
+from nucleisam.data.labels import (
+    LABEL_SUFFIXES,
+    PREDICTED_LABELS_SUFFIX,
+    PREDICTED_OVERLAY_SUFFIX,
+    read_binary_mask,
+    read_label_map,
+)
 from nucleisam.errors import NucleisamError
 from nucleisam.io.atomic import ensure_output_dir, write_json_atomic, write_text_atomic
 from nucleisam.metrics.aggregate import MetricAccumulator, MetricSummary
@@ -177,18 +184,27 @@ def _check_dir(path: str | os.PathLike[str], option: str) -> Path:
     return folder
 
 
-def _label_files(folder: Path, option: str) -> dict[str, Path]:
-    """Stem → label file (TIFF/PNG/NPY) in ``folder``; two files with one stem is an error."""
+def _label_files(folder: Path, option: str, *, predictions: bool = False) -> dict[str, Path]:
+    """Stem → label file (TIFF/PNG/NPY) in ``folder``; two files with one stem is an error.
+
+    With ``predictions``, the output folder of ``nucleisam predict`` reads as it is: ``x_labels.tif``
+    counts as stem ``x`` and the ``x_overlay.png`` pictures are passed over.
+    """
     index: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in LABEL_SUFFIXES:
             continue
-        if path.stem in index:
+        stem = path.stem
+        if predictions:
+            if stem.endswith(PREDICTED_OVERLAY_SUFFIX) and path.suffix.lower() == ".png":
+                continue
+            stem = stem.removesuffix(PREDICTED_LABELS_SUFFIX)
+        if stem in index:
             raise NucleisamError(
-                f"two files for stem {path.stem!r} in {option} {folder}: {index[path.stem].name} and "
+                f"two files for stem {stem!r} in {option} {folder}: {index[stem].name} and "
                 f"{path.name}. Keep one."
             )
-        index[path.stem] = path
+        index[stem] = path
     return index
 
 
@@ -202,7 +218,7 @@ def collect_pairs(
     """Pair GT images with predictions by stem: (pairs, unmatched prediction files, GT description)."""
     if (gt_dir is None) == (data_root is None):
         raise NucleisamError("give exactly one ground-truth source: --gt DIR or --data NUINSSEG_ROOT.")
-    predictions = _label_files(_check_dir(pred_dir, "--pred"), "--pred")
+    predictions = _label_files(_check_dir(pred_dir, "--pred"), "--pred", predictions=True)
     if not predictions:
         raise NucleisamError(f"no label maps (TIFF, PNG or NPY) found in --pred {pred_dir}.")
     vague_files = {} if ambiguous_dir is None else _label_files(_check_dir(ambiguous_dir, "--ambiguous"),
