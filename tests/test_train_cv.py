@@ -202,7 +202,7 @@ def test_train_all_writes_a_final_adapter_with_tuned_postprocessing(small_root: 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ([], "no training data"),
+        ([], "no data: pass --data ROOT"),
         (["--set", "train.epochz=3"], "unknown configuration key 'train.epochz'"),
         (["--set", "model.input_size=100"], "input size 100 is not valid"),
         (["--data", "MISSING"], "MISSING"),
