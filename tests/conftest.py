@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,29 @@ def shared_nuinsseg() -> Path:
     if not SHARED_SPLEEN.is_dir():
         pytest.skip(f"shared NuInsSeg data not found at {SHARED_NUINSSEG}")
     return SHARED_NUINSSEG
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread() -> Iterator[None]:
+    """One intra-op thread for torch-heavy modules: two threads per process oversubscribe a shared
+    2-core machine badly (a 4 s test took 35 s). Use with ``pytestmark = usefixtures(...)``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def synthetic_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised MobileSAM state_dict with the official checkpoint's 439 keys, saved the
+    way ``mobile_sam.pt`` is (a flat state_dict), standing in for the weights we cannot download."""
+    import torch
+
+    from nucleisam.model.mobilesam import build_mobilesam
+
+    torch.manual_seed(21)
+    path = tmp_path_factory.mktemp("weights") / "mobile_sam.pt"
+    torch.save(build_mobilesam(256).state_dict(), path)
+    return path

@@ -14,14 +14,7 @@ from nucleisam.cli import model as model_cli
 from nucleisam.model import checkpoint as ckpt
 from nucleisam.model.mobilesam import build_mobilesam
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two threads per process oversubscribe badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def test_seed_info_json_reports_the_notebook_counts(capsys) -> None:

@@ -17,24 +17,9 @@ from nucleisam.model.lora import lora_layers
 from nucleisam.model.mobilesam import build_mobilesam
 from nucleisam.model.network import assemble_model
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 POSTPROCESS = {"threshold": 0.42, "min_area": 12, "seed_distance": 0.35}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two threads per process oversubscribe badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def synthetic_checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(31)
-    path = tmp_path_factory.mktemp("weights") / "mobile_sam.pt"
-    torch.save(build_mobilesam(256).state_dict(), path)
-    return path
 
 
 def built(head: str, checkpoint: Path):

@@ -17,24 +17,8 @@ import torch
 from nucleisam.errors import NucleisamError
 from nucleisam.model import ModelConfig, build_model
 from nucleisam.model import checkpoint as ckpt
-from nucleisam.model.mobilesam import build_mobilesam
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two threads per process oversubscribe badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def synthetic_checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(21)
-    path = tmp_path_factory.mktemp("weights") / "mobile_sam.pt"
-    torch.save(build_mobilesam(256).state_dict(), path)
-    return path
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def edited_checkpoint(source: Path, target: Path, edit) -> Path:

@@ -25,6 +25,8 @@ from nucleisam.model.mobilesam import (
 )
 from nucleisam.model.network import assemble_model
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 
 def random_model(**kwargs) -> NucleiSam:
     kwargs.setdefault("input_size", 256)
@@ -45,15 +47,6 @@ def tiles(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
             blob = ((yy - cy) ** 2 + (xx - cx) ** 2) < radius**2
             image[b, :, blob] = torch.tensor([[110.0], [60.0], [150.0]])
     return (image + 8 * torch.randn(image.shape, generator=generator)).clamp(0, 255)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two threads per process oversubscribe badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from nucleisam.data import load_nuinsseg
 from nucleisam.errors import NucleisamError
 from nucleisam.train.config import TrainConfig
 from nucleisam.train.dataset import SampleCache, TrainingDataset
@@ -257,7 +258,8 @@ def _ddp_worker(rank: int, world: int, init_file: str, root: str, out: str) -> N
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        samples = write_samples(Path(root), count=8)
+        # The parent wrote the tiles; workers only read them (two writers would race on the files).
+        samples = list(load_nuinsseg(Path(root), strict=True).samples)
         data = TrainingDataset(samples, SampleCache("memory", targets_fn=simple_targets), seed=1)
         model = make_model(instance=True)
         model.head[2].p = 0.0
@@ -286,7 +288,9 @@ def test_ddp_two_processes_match_one_process_with_same_global_batch(tmp_path: Pa
     single_model = make_model(instance=True)
     single_model.head[2].p = 0.0
     data = TrainingDataset(
-        write_samples(root, count=8), SampleCache("memory", targets_fn=simple_targets), seed=1
+        list(load_nuinsseg(root, strict=True).samples),
+        SampleCache("memory", targets_fn=simple_targets),
+        seed=1,
     )
     single = fit(
         single_model, data, TrainConfig(**dict(TINY, epochs=3, batch_size=4)), out_dir=tmp_path / "one"

@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "nucleisam.cli.train",
     "nucleisam.cli.baseline",
     "nucleisam.cli.evaluate",
+    "nucleisam.cli.predict",
 )
 
 

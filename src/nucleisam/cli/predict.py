@@ -1,0 +1,110 @@
+"""`nucleisam predict`: segment nuclei in images of any size and export them."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from nucleisam.errors import NucleisamError
+from nucleisam.io.atomic import ensure_output_dir
+from nucleisam.io.exports import EXPORT_FORMATS, check_outputs_free, output_paths, parse_formats
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="segment nuclei in images (any size) and export labels, GeoJSON, CSV, overlays",
+        description="Segment nuclei with a fine-tuned adapter (--adapter) or the classical baseline "
+        "(--method classical) in PNG/JPEG/TIFF images of any size (tiled, seam-free), and write per "
+        "image: <stem>_labels.tif, <stem>_nuclei.geojson (QuPath detections), <stem>_nuclei.csv, "
+        "<stem>_overlay.png.",
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files, folders (their images) or glob patterns (quote them; ** allowed)")
+    source = parser.add_argument_group("method (one of)")
+    source.add_argument("--adapter", metavar="FILE", help="fine-tuned adapter (.safetensors) from training")
+    source.add_argument("--method", choices=["model", "classical"], default=None,
+                        help="'classical': hematoxylin threshold + watershed, no model or weights; "
+                        "'model' (default with --adapter)")
+    parser.add_argument("--checkpoint", metavar="PATH",
+                        help="base MobileSAM checkpoint (default: the cached official mobile_sam.pt)")
+    parser.add_argument("--allow-checkpoint-mismatch", action="store_true",
+                        help="accept a base checkpoint other than the one the adapter was trained on")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
+    parser.add_argument("--formats", default=",".join(EXPORT_FORMATS), metavar="LIST",
+                        help=f"comma-separated subset of {','.join(EXPORT_FORMATS)} (default: all)")
+    parser.add_argument("--tile", type=int, default=512, help="tile size in pixels (default 512)")
+    parser.add_argument("--overlap", type=int, default=64,
+                        help="tile overlap in pixels, at least the largest nucleus diameter (default 64)")
+    parser.add_argument("--batch-size", type=int, default=4, help="tiles per network call (default 4)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--mpp", type=float, default=None, metavar="MICRONS",
+                        help="microns per pixel: adds µm² areas to CSV/GeoJSON and resolution to the TIFF")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.set_defaults(handler=run_predict)
+
+
+def _method(args: argparse.Namespace) -> str:
+    method = args.method or ("model" if args.adapter else None)
+    if method is None:
+        raise NucleisamError("choose a method: --adapter FILE (a fine-tuned model) or --method classical.")
+    if method == "model" and not args.adapter:
+        raise NucleisamError("--method model needs --adapter FILE (the .safetensors file training wrote).")
+    if method == "classical" and (args.adapter or args.checkpoint):
+        raise NucleisamError(
+            "--method classical uses no model: drop --adapter/--checkpoint, or drop --method."
+        )
+    return method
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from nucleisam.data.imageio import read_rgb
+    from nucleisam.io.exports import export_all
+    from nucleisam.predict.inputs import check_unique_stems, expand_inputs
+    from nucleisam.predict.predictor import Predictor, resolve_device
+    from nucleisam.predict.tiling import check_tiling
+
+    method = _method(args)
+    if method == "model":
+        resolve_device(args.device)
+    if args.mpp is not None and not (args.mpp > 0 and math.isfinite(args.mpp)):
+        raise NucleisamError(f"--mpp {args.mpp} must be a positive number of microns per pixel.")
+    check_tiling(args.tile, args.overlap)
+    if args.batch_size < 1:
+        raise NucleisamError(f"--batch-size {args.batch_size} must be at least 1.")
+    formats = parse_formats(args.formats)
+    images = expand_inputs(args.inputs)
+    check_unique_stems(images)
+    out = ensure_output_dir(args.out)
+    # Every target checked before the (slow) model load and the first image.
+    for image_path in images:
+        check_outputs_free(output_paths(out, image_path.stem, formats).values(), overwrite=args.overwrite)
+
+    if method == "classical":
+        predictor = Predictor.classical(tile=args.tile, overlap=args.overlap)
+    else:
+        predictor = Predictor.from_adapter(
+            args.adapter, checkpoint=args.checkpoint, device=args.device, tile=args.tile,
+            overlap=args.overlap, batch_size=args.batch_size,
+            allow_checkpoint_mismatch=args.allow_checkpoint_mismatch,
+        )
+
+    total_nuclei = 0
+    with tqdm(images, desc="images", unit="image", file=sys.stderr, disable=None) as bar:
+        for image_path in bar:
+            image = read_rgb(image_path)
+            with tqdm(desc=image_path.name, unit="tile", leave=False, file=sys.stderr, disable=None) as tiles:
+                result = predictor.predict(image, on_tile_done=tiles.update)
+            export_all(result.labels, image, out, image_path.stem, formats=formats, mpp=args.mpp,
+                       overwrite=args.overwrite)
+            total_nuclei += result.n_nuclei
+            height, width = image.shape[:2]
+            bar.write(f"{image_path}: {result.n_nuclei:,} nuclei in {result.seconds:.1f} s "
+                      f"({width}×{height} px, {result.n_tiles} tiles)", file=sys.stdout)
+    print(f"{len(images)} image(s), {total_nuclei:,} nuclei ({predictor.description}); "
+          f"outputs in {Path(out)}")
+    return 0

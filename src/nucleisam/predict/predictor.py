@@ -1,0 +1,254 @@
+"""Whole-image inference: a fine-tuned NucleiSam (or the classical baseline) on images of any size.
+
+A :class:`Predictor` pairs a network with post-processing and runs both tile by tile
+(:func:`~nucleisam.predict.tiling.predict_tiled`):
+
+>>> predictor = Predictor.from_adapter("runs/fold0/adapter.safetensors")   # doctest: +SKIP
+>>> labels = predictor(image)                                              # int32 (H, W)
+>>> result = predictor.predict(image, return_maps=True)                    # + maps, timings
+
+``Predictor.classical()`` runs the hematoxylin-threshold-and-watershed baseline instead; it needs
+no model and no weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from nucleisam.errors import NucleisamError
+from nucleisam.predict.tiling import LabelFn, MapFn, check_tiling, predict_tiled
+
+if TYPE_CHECKING:
+    import torch
+
+    from nucleisam.postprocess import PostprocessConfig
+
+
+@dataclass
+class Prediction:
+    """The result for one image.
+
+    Attributes:
+        labels: int32 (H, W) instance ids 1..n_nuclei, 0 = background.
+        n_nuclei: number of instances.
+        n_tiles: windows the image was cut into.
+        seconds: wall time of the whole prediction.
+        network_seconds: time spent in the network (0 for the classical method).
+        postprocess_seconds: time spent turning maps into instances.
+        maps: full-size float32 maps (probabilities / distances in [0, 1]) when asked for.
+    """
+
+    labels: np.ndarray
+    n_nuclei: int
+    n_tiles: int
+    seconds: float
+    network_seconds: float
+    postprocess_seconds: float
+    maps: dict[str, np.ndarray] | None = None
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"``…; a CUDA device that is absent is a clear error."""
+    import torch
+
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise NucleisamError(f"--device {device!r} is not a device name; use cpu or cuda.") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise NucleisamError(f"--device {device}: no CUDA GPU is available here; use --device cpu.")
+    if resolved.type not in ("cpu", "cuda"):
+        raise NucleisamError(f"--device {device}: only cpu and cuda are supported.")
+    return resolved
+
+
+def model_map_fn(model: torch.nn.Module, device: torch.device) -> MapFn:
+    """Wrap a NucleiSam-like model as a tile-batch function for :func:`predict_tiled`.
+
+    The model takes (B, 3, H, W) RGB on the 0–255 scale and returns (B, 1, H, W) maps with
+    ``foreground`` as logits; the wrapper returns numpy float32 (B, H, W) maps with the
+    foreground turned into a probability, as the post-processing expects.
+    """
+    import torch
+
+    def run(tiles: np.ndarray) -> dict[str, np.ndarray]:
+        batch = torch.from_numpy(np.ascontiguousarray(tiles.transpose(0, 3, 1, 2))).to(device)
+        with torch.inference_mode():
+            outputs = model(batch.float())
+        maps = {}
+        for name, value in outputs.items():
+            if name == "foreground":
+                value = torch.sigmoid(value)
+            maps[name] = value[:, 0].float().cpu().numpy()
+        return maps
+
+    return run
+
+
+def _postprocess_config(metadata: Mapping[str, Any], source: str) -> PostprocessConfig:
+    from nucleisam.postprocess import PostprocessConfig
+
+    params = metadata.get("postprocess") or {}
+    known = {field.name for field in dataclasses.fields(PostprocessConfig)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise NucleisamError(
+            f"adapter {source} records post-processing parameters this nucleisam does not know "
+            f"({', '.join(unknown)}); upgrade nucleisam."
+        )
+    return PostprocessConfig(**params)
+
+
+class Predictor:
+    """Segments nuclei in RGB images of any size, tile by tile, with seam-free stitching.
+
+    Build it with :meth:`from_adapter`, :meth:`from_model` or :meth:`classical`.
+
+    Args:
+        label_fn: post-processing of one tile, ``(maps, tile_image) -> labels``.
+        map_fn: network on a tile batch (``None`` for methods that work from the image alone).
+        tile, overlap, batch_size: tiling (see :func:`~nucleisam.predict.tiling.predict_tiled`).
+        description: one line naming the method, for logs.
+    """
+
+    def __init__(
+        self,
+        *,
+        label_fn: LabelFn,
+        map_fn: MapFn | None = None,
+        tile: int = 512,
+        overlap: int = 64,
+        batch_size: int = 4,
+        description: str = "",
+    ) -> None:
+        check_tiling(tile, overlap)
+        if batch_size < 1:
+            raise NucleisamError(f"--batch-size {batch_size} must be at least 1.")
+        self.label_fn = label_fn
+        self.map_fn = map_fn
+        self.tile = tile
+        self.overlap = overlap
+        self.batch_size = batch_size
+        self.description = description
+
+    @classmethod
+    def from_model(
+        cls,
+        model: torch.nn.Module,
+        *,
+        postprocess: PostprocessConfig | LabelFn | None = None,
+        device: str = "cpu",
+        tile: int = 512,
+        overlap: int = 64,
+        batch_size: int = 4,
+        description: str = "model",
+    ) -> Predictor:
+        """A predictor around a model obeying the NucleiSam contract.
+
+        ``postprocess`` is a :class:`~nucleisam.postprocess.PostprocessConfig` (default: its
+        defaults) for :func:`~nucleisam.postprocess.labels_from_maps`, or any ``(maps, image) ->
+        labels`` function.
+        """
+        resolved = resolve_device(device)
+        model = model.to(resolved).eval()
+        if callable(postprocess):
+            label_fn = postprocess
+        else:
+            from nucleisam.postprocess import PostprocessConfig, labels_from_maps
+
+            config = postprocess if postprocess is not None else PostprocessConfig()
+
+            def label_fn(maps: Mapping[str, np.ndarray], image: np.ndarray) -> np.ndarray:
+                return labels_from_maps(dict(maps), config)
+
+        return cls(label_fn=label_fn, map_fn=model_map_fn(model, resolved), tile=tile, overlap=overlap,
+                   batch_size=batch_size, description=description)
+
+    @classmethod
+    def from_adapter(
+        cls,
+        path: str | os.PathLike[str],
+        checkpoint: str | os.PathLike[str] | None = None,
+        device: str = "cpu",
+        tile: int = 512,
+        overlap: int = 64,
+        batch_size: int = 4,
+        *,
+        allow_checkpoint_mismatch: bool = False,
+    ) -> Predictor:
+        """Load a fine-tuned adapter (and its base checkpoint) with the post-processing parameters
+        recorded in it (defaults where none were recorded)."""
+        from nucleisam.model import load_adapter
+
+        check_tiling(tile, overlap)
+        model, metadata = load_adapter(path, checkpoint=checkpoint,
+                                       allow_checkpoint_mismatch=allow_checkpoint_mismatch)
+        config = _postprocess_config(metadata, os.fspath(path))
+        return cls.from_model(model, postprocess=config, device=device, tile=tile, overlap=overlap,
+                              batch_size=batch_size, description=f"adapter {os.fspath(path)}")
+
+    @classmethod
+    def classical(cls, *, tile: int = 512, overlap: int = 64, **params: Any) -> Predictor:
+        """The classical baseline (hematoxylin threshold + watershed), no model or weights;
+        ``params`` go to :func:`nucleisam.baseline.classical_instances`."""
+        from nucleisam.baseline import classical_instances
+
+        def label_fn(maps: Mapping[str, np.ndarray], image: np.ndarray) -> np.ndarray:
+            return classical_instances(image, **params)
+
+        return cls(label_fn=label_fn, tile=tile, overlap=overlap, description="classical baseline")
+
+    def predict(
+        self,
+        image: np.ndarray,
+        *,
+        return_maps: bool = False,
+        on_tile_done: Callable[[int], object] | None = None,
+    ) -> Prediction:
+        """Segment one RGB ``uint8`` (H, W, 3) image."""
+        timings = {"network": 0.0, "postprocess": 0.0}
+
+        def timed_map_fn(tiles: np.ndarray) -> Mapping[str, np.ndarray]:
+            start = time.perf_counter()
+            assert self.map_fn is not None
+            maps = self.map_fn(tiles)
+            timings["network"] += time.perf_counter() - start
+            return maps
+
+        def timed_label_fn(maps: Mapping[str, np.ndarray], tile_image: np.ndarray) -> np.ndarray:
+            start = time.perf_counter()
+            labels = self.label_fn(maps, tile_image)
+            timings["postprocess"] += time.perf_counter() - start
+            return labels
+
+        start = time.perf_counter()
+        result = predict_tiled(
+            image,
+            label_fn=timed_label_fn,
+            map_fn=timed_map_fn if self.map_fn is not None else None,
+            tile=self.tile,
+            overlap=self.overlap,
+            batch_size=self.batch_size,
+            return_maps=return_maps,
+            on_tile_done=on_tile_done,
+        )
+        return Prediction(
+            labels=result.labels,
+            n_nuclei=result.n_instances,
+            n_tiles=result.n_tiles,
+            seconds=time.perf_counter() - start,
+            network_seconds=timings["network"],
+            postprocess_seconds=timings["postprocess"],
+            maps=result.maps,
+        )
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """Instance labels, int32 (H, W)."""
+        return self.predict(image).labels
