@@ -112,6 +112,8 @@ def test_run_folder_is_complete_and_self_describing(cv_run: dict) -> None:
     report = (out / "report.md").read_text()
     assert "model + tuned watershed" in report and "Published reference numbers" in report
     assert "| classical baseline (no model) |" in report  # issue 7: the baseline on the same test images
+    assert "## Classical baseline parameters tuned per fold" in report
+    assert all(set(f["classical_params"]) >= {"sigma", "min_area"} for f in summary["folds"])
     fold = json.loads((out / "fold_0" / "metrics.json").read_text())
     assert set(fold["classical_params"]) >= {"sigma", "otsu_scale", "peak_height", "min_area"}
     assert f"--config {out / 'config.yaml'}" in report
@@ -202,7 +204,7 @@ def test_train_all_writes_a_final_adapter_with_tuned_postprocessing(small_root: 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ([], "no training data"),
+        ([], "no data: pass --data ROOT"),
         (["--set", "train.epochz=3"], "unknown configuration key 'train.epochz'"),
         (["--set", "model.input_size=100"], "input size 100 is not valid"),
         (["--data", "MISSING"], "MISSING"),

@@ -5,13 +5,17 @@ the hematoxylin stain by colour deconvolution (Ruifrok & Johnston, via
 :func:`skimage.color.rgb2hed`), smooth it, threshold it (Otsu by default, never below a floor so a
 blank tile stays blank), fill holes, split touching nuclei at the peaks of the distance transform
 with the same splitter the model's post-processing uses
-(:func:`nucleisam.postprocess.split_by_distance_peaks`), and drop specks.
+(:func:`nucleisam.postprocess.split_by_distance_peaks`), and drop specks. :func:`tune_classical` picks
+the parameters on validation images with the model's own search (:func:`tune_postprocess`); the
+``cv`` runner and ``nucleisam baseline`` (:mod:`nucleisam.baseline_cv`) both use it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -20,7 +24,21 @@ from skimage.filters import threshold_otsu
 
 from nucleisam.data.imageio import to_rgb_uint8
 from nucleisam.errors import NucleisamError
-from nucleisam.postprocess import fill_holes, finish_labels, split_by_distance_peaks
+from nucleisam.postprocess import (
+    TuningResult,
+    fill_holes,
+    finish_labels,
+    split_by_distance_peaks,
+    tune_postprocess,
+)
+
+#: Values tried per parameter when tuning the baseline on a fold's validation images.
+CLASSICAL_SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
+    "sigma": (0.5, 1.0, 2.0),
+    "otsu_scale": (0.8, 0.9, 1.0, 1.1, 1.25),
+    "peak_height": (0.5, 1.0, 2.0, 3.0),
+    "min_area": (10, 30, 60),
+}
 
 
 @dataclass(frozen=True)
@@ -99,3 +117,26 @@ def classical_instances(
         mask = fill_holes(mask)
     labels = split_by_distance_peaks(mask, peak_height=config.peak_height)
     return finish_labels(labels, min_area=config.min_area)
+
+
+def tune_classical(
+    items: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+    *,
+    config: ClassicalConfig | None = None,
+    metric: str = "aji",
+    search_space: Mapping[str, Sequence[Any]] = CLASSICAL_SEARCH_SPACE,
+) -> TuningResult:
+    """Parameters of :func:`classical_instances` with the best mean ``metric`` on validation images.
+
+    ``items`` are ``(RGB image, GT instance labels, vague-area mask or None)``. The coordinate search
+    of :func:`nucleisam.postprocess.tune_postprocess` starts from ``config`` (default
+    :class:`ClassicalConfig`) and keeps it unless another setting scores strictly higher, so the
+    tuned validation score (``result.score``) is never below the start's (``result.start_score``).
+    """
+    return tune_postprocess(
+        items,
+        config=config or ClassicalConfig(),
+        segment=classical_instances,
+        search_space=search_space,
+        metric=metric,
+    )

@@ -31,6 +31,13 @@ T = TypeVar("T")
 CONFIG_SUFFIXES = (".yaml", ".yml", ".toml")
 
 
+def require(condition: bool, key: str, rule: str, value: object) -> None:
+    """Raise :class:`NucleisamError` "configuration key '<key>' must be <rule>" unless ``condition``
+    (the range checks of every configuration dataclass's ``__post_init__``)."""
+    if not condition:
+        raise NucleisamError(f"configuration key '{key}' must be {rule} (got {value!r}).")
+
+
 @functools.cache
 def _field_types(cls: type) -> dict[str, Any]:
     """Resolved annotations of a dataclass (string annotations evaluated once)."""

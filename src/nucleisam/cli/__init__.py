@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "nucleisam.cli.model",
     "nucleisam.cli.weights",
     "nucleisam.cli.train",
+    "nucleisam.cli.baseline",
     "nucleisam.cli.evaluate",
     "nucleisam.cli.predict",
 )

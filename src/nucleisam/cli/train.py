@@ -7,10 +7,12 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nucleisam.errors import NucleisamError
-from nucleisam.train.config import Config, load_run_config
+
+if TYPE_CHECKING:  # the training stack (torch) is imported when a training command runs, not before
+    from nucleisam.train.config import Config
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 #: The bundled sample and the demo's configuration, present in a source checkout.
@@ -66,6 +68,8 @@ def _values(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
 
 
 def _config(args: argparse.Namespace, **extra: Any) -> Config:
+    from nucleisam.train.config import load_run_config
+
     return load_run_config(args.config, args.overrides, _values(args, **extra))
 
 
@@ -78,7 +82,8 @@ def _reproduce(out: Path, verb: str) -> str:
 def _run_cv(
     config: Config, out: Path, *, resume: bool, only_folds: list[int] | None, verb: str, notes: list[str] = ()
 ) -> dict[str, Any]:
-    from nucleisam.train.cv import run_cv, summary_table
+    from nucleisam.io.runs import summary_table
+    from nucleisam.train.cv import run_cv
     from nucleisam.train.distributed import init_distributed, shutdown_distributed
     from nucleisam.train.loop import TrainingInterrupted
 
@@ -133,6 +138,7 @@ def _handle_train(args: argparse.Namespace) -> int:
 
 def _handle_demo(args: argparse.Namespace) -> int:
     from nucleisam.model.checkpoint import default_checkpoint_path
+    from nucleisam.train.config import load_run_config
 
     if not DEMO_DATA.is_dir() or not DEMO_CONFIG.is_file():
         raise NucleisamError(

@@ -3,12 +3,18 @@
 The summary is the dict saved as ``summary.json`` by the cross-validation runner. The parts read here:
 
 - ``command`` (str), ``aggregation`` (str), ``k`` (int), ``n_images`` (int), ``select_metric``;
+- ``primary_method``: the method of the per-fold and per-organ tables, ``watershed`` (default: a
+  model run, ``nucleisam cv``) or ``classical`` (a run without a model, ``nucleisam baseline``);
 - ``methods``: name → ``{"label": str, "per_fold": [{"vague_excluded": {metric: v}, "all_pixels":
   {...}}], "mean": {"vague_excluded": {...}, "all_pixels": {...}}, "std": {...}}``; the names
   ``watershed`` (model + tuned watershed), ``connected_components`` (model, thresholded
   foreground, connected components) and ``classical`` (no model) are listed in that order;
-- ``folds``: ``[{"fold", "n_train", "n_val", "n_test", "best_epoch", "best_val", "seconds"}]``;
-- ``per_organ``: organ → ``{"n_images": int, metric: per-image mean}`` (watershed, vague excluded);
+- ``folds``: ``[{"fold", "n_train", "n_val", "n_test", "seconds", ...}]``, optionally with
+  ``best_epoch`` and ``best_val`` (the model's selected epoch and its validation score),
+  ``val_default`` (the validation score of the starting parameters), ``val_tuned`` (metric → validation
+  score after tuning) and ``classical_params`` (the classical baseline's tuned parameters);
+- ``per_organ``: organ → ``{"n_images": int, metric: per-image mean}`` (primary method, vague
+  excluded);
 - ``parameters``: ``{"total", "trainable", ...}``; optional ``notes`` (list of str).
 
 Every number in the report says which aggregation it is; published numbers are labelled as such.
@@ -17,7 +23,7 @@ Every number in the report says which aggregation it is; published numbers are l
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,16 +117,68 @@ def _results_table(summary: Mapping[str, Any], variant: str) -> str:
     return _table(["Method", *REPORT_METRICS.values()], rows)
 
 
+def _intro(summary: Mapping[str, Any], metric: str) -> list[str]:
+    k = summary.get("k", len(summary.get("folds", [])))
+    images = f"{summary.get('n_images', '?')} images, {k} folds."
+    if summary.get("primary_method", "watershed") == "classical":
+        return [
+            "# nucleisam classical baseline report",
+            "",
+            f"{images} No model: nuclei from the hematoxylin optical density (colour deconvolution), "
+            "Gaussian smoothing, an Otsu threshold, hole filling and a distance-transform watershed. Each "
+            f"fold: the parameters tuned for mean {metric} on its validation images, test images scored. "
+            "`nucleisam cv` on the same `folds.json` puts a fine-tuned model beside these numbers.",
+        ]
+    return [
+        "# nucleisam cross-validation report",
+        "",
+        f"{images} Each fold: a fresh model trained on its training images, the epoch with the best "
+        f"post-processed mean {metric} on its validation images kept, post-processing tuned on the "
+        "validation images, test images scored at native resolution.",
+    ]
+
+
+def _per_fold_table(summary: Mapping[str, Any], primary: Mapping[str, Any] | None, metric: str) -> str:
+    """Fold sizes, validation scores (those the folds have) and the primary method's test scores."""
+    folds = summary["folds"]
+    select = summary.get("select_metric", "aji")
+    columns: list[tuple[str, Callable[[int, Mapping[str, Any]], Any]]] = [
+        ("Fold", lambda i, f: f.get("fold", i)),
+        ("Train", lambda i, f: f.get("n_train")),
+        ("Val", lambda i, f: f.get("n_val")),
+        ("Test", lambda i, f: f.get("n_test")),
+    ]
+    if any("best_epoch" in f for f in folds):
+        columns += [
+            ("Best epoch", lambda i, f: f.get("best_epoch")),
+            (f"Val {metric}, best epoch", lambda i, f: f.get("best_val")),
+        ]
+    if any("val_default" in f for f in folds):
+        columns.append((f"Val {metric}, default", lambda i, f: f.get("val_default")))
+    if any("val_tuned" in f for f in folds):
+        columns.append((f"Val {metric}, tuned", lambda i, f: (f.get("val_tuned") or {}).get(select)))
+    columns += [
+        (name, lambda i, f, key=key: primary["per_fold"][i]["vague_excluded"].get(key) if primary else None)
+        for key, name in REPORT_METRICS.items()
+    ]
+    rows = [[value(i, fold) for _, value in columns] for i, fold in enumerate(folds)]
+    return _table([name for name, _ in columns], rows)
+
+
+def _classical_parameters_table(folds: Sequence[Mapping[str, Any]]) -> str:
+    names = list(dict.fromkeys(name for fold in folds for name in fold.get("classical_params", {})))
+    rows = [
+        [fold.get("fold", i), *(fold["classical_params"].get(n) for n in names)]
+        for i, fold in enumerate(folds)
+        if "classical_params" in fold
+    ]
+    return _table(["Fold", *(n.replace("_", " ") for n in names)], rows)
+
+
 def render_report(summary: Mapping[str, Any], *, figures: Sequence[str] = ()) -> str:
     """Markdown text of the report (see the module docstring for the summary's layout)."""
-    k = summary.get("k", len(summary.get("folds", [])))
     metric = REPORT_METRICS.get(summary.get("select_metric", "aji"), "AJI")
-    out: list[str] = ["# nucleisam cross-validation report", ""]
-    out.append(
-        f"{summary.get('n_images', '?')} images, {k} folds. Each fold: a fresh model trained on its "
-        f"training images, the epoch with the best post-processed mean {metric} on its validation images "
-        "kept, post-processing tuned on the validation images, test images scored at native resolution."
-    )
+    out = _intro(summary, metric)
     out += ["", f"**Aggregation:** {summary.get('aggregation', 'not stated')}", ""]
     for note in summary.get("notes", []):
         out.append(f"> {note}")
@@ -137,31 +195,21 @@ def render_report(summary: Mapping[str, Any], *, figures: Sequence[str] = ()) ->
     ]
     out += ["## Test results, all pixels", "", _results_table(summary, "all_pixels"), ""]
 
-    watershed = summary.get("methods", {}).get("watershed")
+    primary_name = summary.get("primary_method", "watershed")
+    primary = summary.get("methods", {}).get(primary_name)
+    primary_label = primary["label"] if primary else primary_name
     folds = summary.get("folds", [])
     if folds:
-        out += ["## Per fold (model + tuned watershed, vague areas excluded, per-image mean)", ""]
-        header = ["Fold", "Train", "Val", "Test", "Best epoch", f"Val {metric}", *REPORT_METRICS.values()]
-        rows = []
-        for i, fold in enumerate(folds):
-            scores = watershed["per_fold"][i]["vague_excluded"] if watershed else {}
-            rows.append(
-                [
-                    fold.get("fold", i),
-                    fold.get("n_train"),
-                    fold.get("n_val"),
-                    fold.get("n_test"),
-                    fold.get("best_epoch"),
-                    fold.get("best_val"),
-                ]
-                + [scores.get(metric) for metric in REPORT_METRICS]
-            )
-        out += [_table(header, rows), ""]
+        out += [f"## Per fold: {primary_label}, vague areas excluded, per-image mean", ""]
+        out += [_per_fold_table(summary, primary, metric), ""]
+    if any("classical_params" in fold for fold in folds):
+        out += ["## Classical baseline parameters tuned per fold", ""]
+        out += [_classical_parameters_table(folds), ""]
 
     per_organ = summary.get("per_organ", {})
     if per_organ:
         out += [
-            "## Per organ (model + tuned watershed, vague areas excluded, per-image mean over test images)",
+            f"## Per organ: {primary_label}, vague areas excluded, per-image mean over test images",
             "",
         ]
         rows = [

@@ -12,55 +12,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from nucleisam.config import load_config
-from nucleisam.errors import NucleisamError
+from nucleisam.config import load_config, require
+from nucleisam.data.config import DataConfig
 from nucleisam.model import ModelConfig
 from nucleisam.postprocess import PostprocessConfig
-
-
-def _require(condition: bool, key: str, rule: str, value: object) -> None:
-    if not condition:
-        raise NucleisamError(f"configuration key '{key}' must be {rule} (got {value!r}).")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where the images come from, how they are split into folds, and how decoded data is cached.
-
-    Either ``root`` (a NuInsSeg-layout folder) or ``images`` with ``masks`` (folders paired by stem;
-    ``masks`` may be left out when Aperio ``.xml`` annotations sit beside the images).
-    ``k``/``seed``/``group`` define the outer folds (defaults: the NuInsSeg authors' split),
-    ``val_fraction``/``val_seed`` the inner validation split of each training fold (stratified by
-    organ) used for checkpoint selection and post-processing tuning. ``cache``: decoded images and
-    training targets are kept in memory ("memory"), also written to ``cache_dir`` as ``.npz`` files
-    and reused by later runs ("disk"), or recomputed every time ("none").
-    """
-
-    root: str | None = None
-    images: str | None = None
-    masks: str | None = None
-    binary_masks: bool = False
-    strict: bool = False
-    k: int = 5
-    seed: int = 19
-    group: Literal["organ"] | None = None
-    val_fraction: float = 0.125
-    val_seed: int = 0
-    cache: Literal["memory", "disk", "none"] = "memory"
-    cache_dir: str | None = None
-
-    def __post_init__(self) -> None:
-        _require(self.k >= 2, "data.k", "at least 2", self.k)
-        _require(0.0 < self.val_fraction < 1.0, "data.val_fraction", "in (0, 1)", self.val_fraction)
-        _require(
-            self.masks is None or self.images is not None, "data.masks", "given with data.images", self.masks
-        )
-        _require(
-            self.root is None or self.images is None,
-            "data.root/data.images",
-            "one or the other, not both",
-            (self.root, self.images),
-        )
 
 
 @dataclass(frozen=True)
@@ -81,8 +36,8 @@ class LossConfig:
     def __post_init__(self) -> None:
         for name in ("bce_weight", "dice_weight", "distance_weight"):
             value = getattr(self, name)
-            _require(value >= 0.0, f"train.loss.{name}", "≥ 0", value)
-        _require(self.smooth_l1_beta > 0.0, "train.loss.smooth_l1_beta", "> 0", self.smooth_l1_beta)
+            require(value >= 0.0, f"train.loss.{name}", "≥ 0", value)
+        require(self.smooth_l1_beta > 0.0, "train.loss.smooth_l1_beta", "> 0", self.smooth_l1_beta)
 
 
 @dataclass(frozen=True)
@@ -118,27 +73,27 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
-        _require(self.epochs >= 1, "train.epochs", "at least 1", self.epochs)
-        _require(self.batch_size >= 1, "train.batch_size", "at least 1", self.batch_size)
-        _require(self.eval_batch_size >= 1, "train.eval_batch_size", "at least 1", self.eval_batch_size)
-        _require(self.lr > 0.0, "train.lr", "> 0", self.lr)
-        _require(self.weight_decay >= 0.0, "train.weight_decay", "≥ 0", self.weight_decay)
-        _require(
+        require(self.epochs >= 1, "train.epochs", "at least 1", self.epochs)
+        require(self.batch_size >= 1, "train.batch_size", "at least 1", self.batch_size)
+        require(self.eval_batch_size >= 1, "train.eval_batch_size", "at least 1", self.eval_batch_size)
+        require(self.lr > 0.0, "train.lr", "> 0", self.lr)
+        require(self.weight_decay >= 0.0, "train.weight_decay", "≥ 0", self.weight_decay)
+        require(
             0.0 <= self.warmup_fraction < 1.0, "train.warmup_fraction", "in [0, 1)", self.warmup_fraction
         )
         if self.warmup_epochs is not None:
-            _require(
+            require(
                 0.0 <= self.warmup_epochs <= self.epochs,
                 "train.warmup_epochs",
                 "between 0 and train.epochs",
                 self.warmup_epochs,
             )
-        _require(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
+        require(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
         if self.grad_clip is not None:
-            _require(self.grad_clip > 0.0, "train.grad_clip", "> 0 or null (no clipping)", self.grad_clip)
-        _require(self.grad_accumulation >= 1, "train.grad_accumulation", "at least 1", self.grad_accumulation)
-        _require(self.num_workers >= 0, "train.num_workers", "≥ 0", self.num_workers)
-        _require(self.validate_every >= 1, "train.validate_every", "at least 1", self.validate_every)
+            require(self.grad_clip > 0.0, "train.grad_clip", "> 0 or null (no clipping)", self.grad_clip)
+        require(self.grad_accumulation >= 1, "train.grad_accumulation", "at least 1", self.grad_accumulation)
+        require(self.num_workers >= 0, "train.num_workers", "≥ 0", self.num_workers)
+        require(self.validate_every >= 1, "train.validate_every", "at least 1", self.validate_every)
 
 
 @dataclass(frozen=True)

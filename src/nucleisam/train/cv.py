@@ -7,8 +7,9 @@ For every fold of the manifest (``folds.json``):
    with the default parameters and score their mean AJI; keep the best epoch;
 3. reload the best epoch and tune the post-processing parameters on the validation images;
 4. score the test images at native resolution with the tuned watershed, with connected components
-   of the thresholded foreground (to show what post-processing adds) and, when available, with the
-   classical baseline (no model), each with and without the vague areas;
+   of the thresholded foreground (to show what post-processing adds) and with the classical baseline
+   (no model; :func:`nucleisam.baseline.tune_classical` on the same validation images), each with and
+   without the vague areas;
 5. write ``fold_<i>/adapter.safetensors`` (tuned post-processing in its metadata), ``history.csv``,
    ``per_image.csv`` and ``metrics.json``; ``metrics.json`` marks the fold finished, so ``--resume``
    never redoes it.
@@ -18,10 +19,9 @@ The run folder then gets ``summary.json``, ``report.md``, ``curves.png`` and ``o
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,12 +30,28 @@ import numpy as np
 import torch
 from skimage.measure import label as connected_components
 
-from nucleisam import __version__
+from nucleisam.baseline import classical_instances, tune_classical
 from nucleisam.config import save_config, to_dict
-from nucleisam.data import Augmenter, FoldManifest, Sample, make_folds, open_dataset
+from nucleisam.data import Augmenter, FoldManifest, Sample
 from nucleisam.errors import NucleisamError
 from nucleisam.io.atomic import ensure_output_dir, write_json_atomic
-from nucleisam.io.report import REPORT_METRICS, mean_std, plot_curves, write_overlay, write_report
+from nucleisam.io.report import REPORT_METRICS, plot_curves, write_overlay, write_report
+from nucleisam.io.runs import (
+    CONFIG_FILE,
+    FOLD_METRICS_FILE,
+    FOLDS_FILE,
+    OVERLAY_DIR,
+    PER_IMAGE_FILE,
+    SUMMARY_FILE,
+    Log,
+    MethodScores,
+    check_run_folder,
+    fold_dir,
+    load_fold_metrics,
+    open_run_data,
+    read_per_image,
+    summarize,
+)
 from nucleisam.io.tables import read_rows_csv, write_rows_csv
 from nucleisam.metrics import MetricAccumulator
 from nucleisam.model import build_model, save_adapter
@@ -47,69 +63,12 @@ from nucleisam.train.inference import predict_maps
 from nucleisam.train.loop import CHECKPOINT_DIR, HISTORY_FILE, fit
 from nucleisam.train.state import load_weights_into, seed_everything
 
-CONFIG_FILE = "config.yaml"
-FOLDS_FILE = "folds.json"
-SUMMARY_FILE = "summary.json"
-FOLD_METRICS_FILE = "metrics.json"
-PER_IMAGE_FILE = "per_image.csv"
 ADAPTER_FILE = "adapter.safetensors"
-
-#: Ways test images are turned into instances, in report order, with their labels.
-METHOD_LABELS = {
-    "watershed": "model + tuned watershed",
-    "connected_components": "model + connected components",
-    "classical": "classical baseline (no model)",
-}
-VARIANTS = ("vague_excluded", "all_pixels")
-#: Columns of per_image.csv that hold names; every other column (and all of history.csv) is numeric.
-TEXT_COLUMNS = {"stem", "organ", "method", "variant"}
-AGGREGATION = (
-    "per-image mean over each fold's test images; mean ± sample std (ddof=1) over folds. "
-    "Per-organ values: per-image mean over all test images of the organ. Pooled and nuclei-weighted "
-    "values per fold are in each fold's metrics.json."
-)
-
-Log = Callable[[str], None]
-
-
-def fold_dir(out_dir: Path, index: int) -> Path:
-    return out_dir / f"fold_{index}"
 
 
 def foreground_components(probability: np.ndarray, threshold: float) -> np.ndarray:
     """Connected components (8-connectivity) of ``probability > threshold`` as int32 labels."""
     return connected_components(probability > threshold, connectivity=2).astype(np.int32)
-
-
-class _Scores:
-    """Per-image metrics for each (method, variant), kept as rows and accumulators."""
-
-    def __init__(self) -> None:
-        self.accumulators: dict[tuple[str, str], MetricAccumulator] = {}
-        self.rows: list[dict[str, Any]] = []
-
-    def add(self, method: str, sample: Sample, data: TileData, prediction: np.ndarray) -> None:
-        for variant in VARIANTS:
-            ambiguous = data.ambiguous if variant == "vague_excluded" else None
-            accumulator = self.accumulators.setdefault((method, variant), MetricAccumulator())
-            metrics = accumulator.update(data.labels, prediction, ambiguous, key=sample.stem)
-            self.rows.append(
-                {"stem": sample.stem, "organ": sample.group, "method": method, "variant": variant, **metrics}
-            )
-
-    def summary(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """method → variant → {"mean", "std", "pooled", "weighted_mean", "n_images"}."""
-        result: dict[str, dict[str, dict[str, Any]]] = {}
-        for (method, variant), accumulator in self.accumulators.items():
-            computed = accumulator.compute()
-            result.setdefault(method, {})[variant] = {
-                "mean": computed.mean,
-                "std": computed.std,
-                "pooled": computed.pooled,
-                "weighted_mean": computed.weighted_mean,
-                "n_images": computed.n_images,
-            }
-        return result
 
 
 def _parameter_counts(model: torch.nn.Module) -> dict[str, int | float]:
@@ -125,45 +84,6 @@ def _parameter_counts(model: torch.nn.Module) -> dict[str, int | float]:
         {f"{part} (trainable {row['trainable']:,})": row["parameters"] for part, row in rows.items()}
     )
     return counts
-
-
-#: Values tried when tuning the classical baseline on a fold's validation images.
-CLASSICAL_SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
-    "sigma": (0.5, 1.0, 2.0),
-    "otsu_scale": (0.8, 0.9, 1.0, 1.1, 1.25),
-    "peak_height": (0.5, 1.0, 2.0, 3.0),
-    "min_area": (10, 30, 60),
-}
-
-
-@dataclass(frozen=True)
-class _Classical:
-    """The classical baseline (hematoxylin threshold + watershed, no model) with tuned parameters."""
-
-    config: Any
-
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        from nucleisam.baseline import classical_instances
-
-        return classical_instances(image, self.config)
-
-
-def _classical_method(val_tiles: Sequence[TileData], metric: str, log: Log, label: str) -> _Classical | None:
-    """The classical baseline tuned on the validation tiles like the model's post-processing, or None
-    when this installation has no baseline module."""
-    try:
-        from nucleisam.baseline import ClassicalConfig, classical_instances
-    except ImportError:
-        return None
-    tuning = tune_postprocess(
-        [(t.image, t.labels, t.ambiguous) for t in val_tiles],
-        config=ClassicalConfig(),
-        segment=classical_instances,
-        search_space=CLASSICAL_SEARCH_SPACE,
-        metric=metric,
-    )
-    log(f"{label}: classical baseline tuned on the validation images: mean {metric} {tuning.score:.4f}")
-    return _Classical(tuning.config)
 
 
 def _score_maps(
@@ -265,8 +185,15 @@ def run_fold(
         "parameters": parameters,
     }
     if split.test:
-        scores = _Scores()
-        classical = _classical_method(val_tiles, config.train.select_metric, log, label)
+        scores = MethodScores()
+        # The classical baseline (no model), tuned on the same validation images with the same search.
+        classical = tune_classical(
+            [(t.image, t.labels, t.ambiguous) for t in val_tiles], metric=config.train.select_metric
+        )
+        log(
+            f"{label}: classical baseline tuned on the validation images: mean {classical.metric} "
+            f"{classical.start_score:.4f} → {classical.score:.4f}"
+        )
         threshold = float(tuned.foreground_threshold)
         overlay_budget = overlays if overlay_dir is not None else 0
         for start in range(0, len(split.test), batch):
@@ -275,15 +202,14 @@ def run_fold(
             maps = predict_maps(model, [t.image for t in tiles], device=device, batch_size=batch, amp=amp)
             for sample, data, tile_maps in zip(chunk, tiles, maps, strict=True):
                 watershed = labels_from_maps(tile_maps, tuned)
-                scores.add("watershed", sample, data, watershed)
-                scores.add(
-                    "connected_components",
-                    sample,
-                    data,
-                    foreground_components(tile_maps["foreground"], threshold),
-                )
-                if classical is not None:
-                    scores.add("classical", sample, data, classical(data.image))
+                components = foreground_components(tile_maps["foreground"], threshold)
+                baseline = classical_instances(data.image, classical.config)
+                for method, prediction in (
+                    ("watershed", watershed),
+                    ("connected_components", components),
+                    ("classical", baseline),
+                ):
+                    scores.update(method, sample, data.labels, prediction, data.ambiguous)
                 if overlay_budget > 0 and overlay_dir is not None:
                     write_overlay(
                         overlay_dir / f"fold{split.index}_{sample.stem}.png",
@@ -293,9 +219,8 @@ def run_fold(
                     )
                     overlay_budget -= 1
         write_rows_csv(directory / PER_IMAGE_FILE, scores.rows)
-        fold_metrics["test"] = scores.summary()
-        if classical is not None:
-            fold_metrics["classical_params"] = to_dict(classical.config)
+        fold_metrics["test"] = scores.compute()
+        fold_metrics["classical_params"] = to_dict(classical.config)
 
     adapter_meta = {
         "postprocess": to_dict(tuned),
@@ -320,28 +245,6 @@ def run_fold(
 RUNTIME_KEYS = {"train.num_workers", "train.progress", "train.device", "data.cache", "data.cache_dir"}
 
 
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def _check_resumable(saved: Config, current: Config, path: Path) -> None:
-    old, new = _flatten(to_dict(saved)), _flatten(to_dict(current))
-    changed = sorted(k for k in old.keys() | new.keys() if k not in RUNTIME_KEYS and old.get(k) != new.get(k))
-    if changed:
-        details = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed[:6])
-        raise NucleisamError(
-            f"--resume: the configuration differs from the run's {path} ({details}). Resume with the same "
-            "options (e.g. --config of that file), or start a new run in another --out folder."
-        )
-
-
 @dataclass
 class RunSetup:
     """What every command of this module needs before training: the folder, config, data and folds."""
@@ -364,114 +267,21 @@ def prepare_run(
     """Check the run folder, open the data, make or reload the folds, then create the folder and save
     ``config.yaml`` and ``folds.json`` (nothing is written when the data or options are wrong)."""
     out = Path(out_dir)
-    config_path = out / CONFIG_FILE
-    if config_path.exists():
-        if not resume:
-            raise NucleisamError(
-                f"{out} already holds a run ({CONFIG_FILE}); continue it with --resume or choose another "
-                "--out."
-            )
-        _check_resumable(load_run_config(config_path), config, config_path)
-    data = config.data
-    if data.root is None and data.images is None:
-        raise NucleisamError(
-            "no training data: pass --data ROOT (or set data.root / data.images in the config)."
-        )
-    dataset = open_dataset(
-        data.root, images=data.images, masks=data.masks, binary_masks=data.binary_masks, strict=data.strict
-    )
-    for problem in dataset.problems:
-        log(f"warning: {problem}")
-    samples = list(dataset.samples)
+    check_run_folder(out, config, resume=resume, load_saved=load_run_config, runtime_keys=RUNTIME_KEYS)
     folds_path = out / FOLDS_FILE
-    manifest = None
-    if with_folds and folds_path.exists():
-        manifest = FoldManifest.load(folds_path, samples=samples)
-    elif with_folds:
-        manifest = make_folds(
-            samples,
-            k=data.k,
-            seed=data.seed,
-            group=data.group,
-            val_fraction=data.val_fraction,
-            val_seed=data.val_seed,
-        )
+    samples, manifest = open_run_data(config.data, folds_path if with_folds else None, log=log)
     context.barrier()  # every process has checked the folder before rank 0 writes into it
     ensure_output_dir(out)
     if context.is_main and manifest is not None and not folds_path.exists():
         manifest.save(folds_path)
     if context.is_main:
-        save_config(config, config_path)
+        save_config(config, out / CONFIG_FILE)
     return RunSetup(out, config, samples, manifest)
 
 
 def make_cache(config: Config, out: Path) -> SampleCache:
     directory = Path(config.data.cache_dir) if config.data.cache_dir else out / "cache"
     return SampleCache(config.data.cache, directory if config.data.cache == "disk" else None)
-
-
-def summarize(
-    config: Config,
-    folds: Sequence[Mapping[str, Any]],
-    per_image: Sequence[Mapping[str, Any]],
-    *,
-    command: str,
-    n_images: int,
-    notes: Sequence[str] = (),
-) -> dict[str, Any]:
-    """The ``summary.json`` dict (layout in :mod:`nucleisam.io.report`)."""
-    methods: dict[str, Any] = {}
-    for method, method_label in METHOD_LABELS.items():
-        if not all(method in fold.get("test", {}) for fold in folds):
-            continue
-        per_fold = [{v: fold["test"][method][v]["mean"] for v in VARIANTS} for fold in folds]
-        mean: dict[str, dict[str, float]] = {}
-        std: dict[str, dict[str, float]] = {}
-        for variant in VARIANTS:
-            stats = {m: mean_std([f[variant][m] for f in per_fold]) for m in per_fold[0][variant]}
-            mean[variant] = {m: s[0] for m, s in stats.items()}
-            std[variant] = {m: s[1] for m, s in stats.items()}
-        methods[method] = {"label": method_label, "per_fold": per_fold, "mean": mean, "std": std}
-    per_organ: dict[str, dict[str, Any]] = {}
-    for row in per_image:
-        if row["method"] == "watershed" and row["variant"] == "vague_excluded":
-            per_organ.setdefault(str(row["organ"]), {"rows": []})["rows"].append(row)
-    for entry in per_organ.values():
-        rows = entry.pop("rows")
-        entry["n_images"] = len(rows)
-        entry.update({m: float(np.mean([r[m] for r in rows])) for m in REPORT_METRICS})
-    return {
-        "nucleisam_version": __version__,
-        "command": command,
-        "aggregation": AGGREGATION,
-        "k": config.data.k,
-        "folds_completed": len(folds),
-        "n_images": n_images,
-        "select_metric": config.train.select_metric,
-        "methods": methods,
-        "folds": [
-            {
-                key: fold.get(key)
-                for key in ("fold", "n_train", "n_val", "n_test", "best_epoch", "best_val", "seconds")
-            }
-            for fold in folds
-        ],
-        "per_organ": per_organ,
-        "parameters": folds[0]["parameters"] if folds else {},
-        "notes": list(notes),
-    }
-
-
-def summary_table(summary: Mapping[str, Any], variant: str = "vague_excluded") -> str:
-    """Plain-text table of mean ± std per method (for the console)."""
-    names = list(REPORT_METRICS.values())
-    lines = [f"{'':34s}" + "".join(f"{n:>16s}" for n in names)]
-    for method in summary["methods"].values():
-        cells = "".join(
-            f"{method['mean'][variant][m]:>9.3f} ± {method['std'][variant][m]:.3f}" for m in REPORT_METRICS
-        )
-        lines.append(f"{method['label']:34s}{cells}")
-    return "\n".join(lines)
 
 
 def run_cv(
@@ -495,15 +305,15 @@ def run_cv(
     out = setup.out
     cache = make_cache(config, out)
     wanted = list(range(len(setup.manifest.folds))) if only_folds is None else list(only_folds)
-    overlay_dir = out / "overlays"
+    overlay_dir = out / OVERLAY_DIR
     results: list[dict[str, Any]] = []
     for index, fold in enumerate(setup.manifest.folds):
         directory = fold_dir(out, index)
-        finished = directory / FOLD_METRICS_FILE
-        if finished.is_file():
+        finished = load_fold_metrics(out, index)
+        if finished is not None:
             if index in wanted:
-                log(f"fold {index}: finished earlier, not redone ({finished})")
-            results.append(json.loads(finished.read_text(encoding="utf-8")))
+                log(f"fold {index}: finished earlier, not redone ({directory / FOLD_METRICS_FILE})")
+            results.append(finished)
             continue
         if index not in wanted:
             continue
@@ -532,19 +342,20 @@ def run_cv(
         context.barrier()
     if not context.is_main:
         return {}
-    if not any("classical" in r.get("test", {}) for r in results):
-        notes = [*notes, "Classical baseline: not computed (this installation has no nucleisam.baseline)."]
     results.sort(key=lambda r: r["fold"])
-    per_image = [
-        row
-        for r in results
-        for row in read_rows_csv(fold_dir(out, r["fold"]) / PER_IMAGE_FILE, text_columns=TEXT_COLUMNS)
-    ]
-    summary = summarize(config, results, per_image, command=command, n_images=len(setup.samples), notes=notes)
+    summary = summarize(
+        results,
+        read_per_image(out, results),
+        k=config.data.k,
+        select_metric=config.train.select_metric,
+        command=command,
+        n_images=len(setup.samples),
+        notes=notes,
+    )
     write_json_atomic(out / SUMMARY_FILE, summary)
     histories = {r["fold"]: read_rows_csv(fold_dir(out, r["fold"]) / HISTORY_FILE) for r in results}
     figures = [plot_curves(histories, out / "curves.png", metric=config.train.select_metric).name]
-    figures += sorted(f"overlays/{p.name}" for p in overlay_dir.glob("*.png"))
+    figures += sorted(f"{OVERLAY_DIR}/{p.name}" for p in overlay_dir.glob("*.png"))
     write_report(summary, out, figures=figures)
     return summary
 

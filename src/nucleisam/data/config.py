@@ -1,0 +1,52 @@
+"""The ``data`` section of a run's configuration: which images, which folds, how they are cached.
+
+Shared by every command that runs over folds (``nucleisam cv``/``train`` and ``nucleisam baseline``),
+so their ``config.yaml`` files describe the data the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from nucleisam.config import require
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from, how they are split into folds, and how decoded data is cached.
+
+    Either ``root`` (a NuInsSeg-layout folder) or ``images`` with ``masks`` (folders paired by stem;
+    ``masks`` may be left out when Aperio ``.xml`` annotations sit beside the images).
+    ``k``/``seed``/``group`` define the outer folds (defaults: the NuInsSeg authors' split),
+    ``val_fraction``/``val_seed`` the inner validation split of each training fold (stratified by
+    organ) used for checkpoint selection and post-processing tuning. ``cache``: decoded images and
+    training targets are kept in memory ("memory"), also written to ``cache_dir`` as ``.npz`` files
+    and reused by later runs ("disk"), or recomputed every time ("none").
+    """
+
+    root: str | None = None
+    images: str | None = None
+    masks: str | None = None
+    binary_masks: bool = False
+    strict: bool = False
+    k: int = 5
+    seed: int = 19
+    group: Literal["organ"] | None = None
+    val_fraction: float = 0.125
+    val_seed: int = 0
+    cache: Literal["memory", "disk", "none"] = "memory"
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        require(self.k >= 2, "data.k", "at least 2", self.k)
+        require(0.0 < self.val_fraction < 1.0, "data.val_fraction", "in (0, 1)", self.val_fraction)
+        require(
+            self.masks is None or self.images is not None, "data.masks", "given with data.images", self.masks
+        )
+        require(
+            self.root is None or self.images is None,
+            "data.root/data.images",
+            "one or the other, not both",
+            (self.root, self.images),
+        )
