@@ -200,8 +200,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="cross-validation on the bundled sample with a small CPU budget (what `make demo` runs)",
         description="Runs `cv` on the bundled six-tile sample with configs/demo.yaml (3 folds, the 512² "
-        "tiles at input size 256, 4 epochs). Uses the cached MobileSAM weights when present, otherwise "
-        "random weights (warned).",
+        "tiles at input size 256, 30 short epochs). Uses the cached MobileSAM weights when present, "
+        "otherwise random weights (warned).",
     )
     demo.add_argument("--out", metavar="DIR", help="run folder (default runs/demo-<date>-<time>)")
     _add_set_option(demo)
