@@ -326,3 +326,21 @@ def test_merge_for_inference_keeps_outputs() -> None:
         torch.testing.assert_close(merged[name], unmerged[name], rtol=0, atol=1e-5)
     wrapped = [model.image_encoder.get_submodule(name) for name in model.lora_targets]
     assert all(isinstance(module, LoRALinear) for module in wrapped)
+
+
+@pytest.mark.parametrize("head", ["instance", "sam"])
+def test_encoder_sees_sam_normalised_resized_zero_padded_input(head: str) -> None:
+    """The seed notebook fed /255 images; SAM expects (x - mean) / std on the 0–255 scale, the longest
+    side resized to the input size and zero padding (the mean colour) at the bottom and right."""
+    model = random_model(head=head).eval()
+    seen: list[torch.Tensor] = []
+    model.image_encoder.patch_embed.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        model((mean + std).expand(1, 3, 100, 60).clone())  # one standard deviation above the mean
+    (encoder_input,) = seen
+    assert encoder_input.shape == (1, 3, 256, 256)
+    resized_width = round(60 * 256 / 100)  # longest side 100 -> 256, aspect ratio kept
+    torch.testing.assert_close(encoder_input[..., :resized_width], torch.ones(1, 3, 256, resized_width))
+    assert encoder_input[..., resized_width:].abs().max() == 0
