@@ -76,3 +76,28 @@ def synthetic_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "mobile_sam.pt"
     torch.save(build_mobilesam(256).state_dict(), path)
     return path
+
+
+def write_cropped_sample(sample_root: Path, root: Path, *, count: int, size: int) -> Path:
+    """Copy the first ``count`` bundled tiles, cropped to their top-left ``size``², into ``root`` in
+    the NuInsSeg layout (image, instance labels, vague mask): a small real data set for end-to-end runs."""
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    from nucleisam.data import load_nuinsseg
+
+    for sample in list(load_nuinsseg(sample_root).samples)[:count]:
+        organ = root / sample.image_path.parents[1].name
+        for folder in ("tissue images", "label masks modify", "vague areas/mask binary"):
+            (organ / folder).mkdir(parents=True, exist_ok=True)
+        image = sample.load_image()[:size, :size]
+        Image.fromarray(image).save(organ / "tissue images" / f"{sample.stem}.png")
+        labels = sample.load_labels()[:size, :size].astype(np.uint16)
+        tifffile.imwrite(organ / "label masks modify" / f"{sample.stem}.tif", labels)
+        vague = sample.load_ambiguous()
+        if vague is not None:
+            Image.fromarray((vague[:size, :size] * 255).astype(np.uint8)).save(
+                organ / "vague areas" / "mask binary" / f"{sample.stem}.png"
+            )
+    return root

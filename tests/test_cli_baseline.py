@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 from PIL import Image
 
 import nucleisam.baseline_cv as baseline_cv
+from conftest import write_cropped_sample
 from nucleisam.baseline import ClassicalConfig, classical_instances
 from nucleisam.baseline_cv import load_baseline_config
 from nucleisam.cli import main
@@ -42,22 +42,8 @@ def run(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def small_root(tmp_path_factory: pytest.TempPathFactory, sample_root: Path) -> Path:
     """The first three bundled tiles cropped to their top-left 160×160, in the NuInsSeg layout."""
-    root = tmp_path_factory.mktemp("small") / "NuInsSeg"
-    for sample in list(load_nuinsseg(sample_root).samples)[:3]:
-        organ = root / sample.image_path.parents[1].name
-        for folder in ("tissue images", "label masks modify", "vague areas/mask binary"):
-            (organ / folder).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(sample.load_image()[:160, :160]).save(organ / "tissue images" / f"{sample.stem}.png")
-        tifffile.imwrite(
-            organ / "label masks modify" / f"{sample.stem}.tif",
-            sample.load_labels()[:160, :160].astype(np.uint16),
-        )
-        vague = sample.load_ambiguous()
-        if vague is not None:
-            Image.fromarray((vague[:160, :160] * 255).astype(np.uint8)).save(
-                organ / "vague areas" / "mask binary" / f"{sample.stem}.png"
-            )
-    return root
+    return write_cropped_sample(sample_root, tmp_path_factory.mktemp("small") / "NuInsSeg",
+                                count=3, size=160)
 
 
 def per_image(out: Path, fold: int) -> list[dict]:

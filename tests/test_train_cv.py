@@ -10,16 +10,13 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-import tifffile
 import torch
-from PIL import Image
 
 import nucleisam.train.cv as cv
 import nucleisam.train.loop as loop
+from conftest import write_cropped_sample
 from nucleisam.cli import main
-from nucleisam.data import load_nuinsseg
 from nucleisam.train.config import load_run_config
 from nucleisam.train.state import trainable_state
 
@@ -45,22 +42,8 @@ TINY = [
 @pytest.fixture(scope="module")
 def small_root(tmp_path_factory: pytest.TempPathFactory, sample_root: Path) -> Path:
     """The first four bundled tiles, cropped to their top-left 128×128, in the NuInsSeg layout."""
-    root = tmp_path_factory.mktemp("small") / "NuInsSeg"
-    for sample in list(load_nuinsseg(sample_root).samples)[:4]:
-        organ = root / sample.image_path.parents[1].name
-        for folder in ("tissue images", "label masks modify", "vague areas/mask binary"):
-            (organ / folder).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(sample.load_image()[:128, :128]).save(organ / "tissue images" / f"{sample.stem}.png")
-        tifffile.imwrite(
-            organ / "label masks modify" / f"{sample.stem}.tif",
-            sample.load_labels()[:128, :128].astype(np.uint16),
-        )
-        vague = sample.load_ambiguous()
-        if vague is not None:
-            Image.fromarray((vague[:128, :128] * 255).astype(np.uint8)).save(
-                organ / "vague areas" / "mask binary" / f"{sample.stem}.png"
-            )
-    return root
+    return write_cropped_sample(sample_root, tmp_path_factory.mktemp("small") / "NuInsSeg",
+                                count=4, size=128)
 
 
 @pytest.fixture(scope="module")
