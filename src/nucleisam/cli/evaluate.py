@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from nucleisam.evaluate import FolderEvaluation, evaluate_folders
 from nucleisam.metrics import METRIC_NAMES
-from nucleisam.metrics.folders import FolderEvaluation, evaluate_folders
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

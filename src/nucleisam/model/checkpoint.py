@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nucleisam.errors import NucleisamError
-from nucleisam.io.atomic import atomic_output
+from nucleisam.utils.atomic import atomic_output
 
 logger = logging.getLogger(__name__)
 

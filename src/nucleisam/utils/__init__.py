@@ -1,0 +1,1 @@
+"""Leaf utilities every layer may use: atomic file writes, CSV tables, the label-aware distance transform."""
