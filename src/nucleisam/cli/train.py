@@ -35,7 +35,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML/TOML configuration (see configs/)")
     _add_set_option(parser)
     parser.add_argument("--checkpoint", metavar="PATH", help="MobileSAM checkpoint (model.weights)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.device")
+    parser.add_argument("--device", help="train.device: auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --out (finished folds are kept)"
     )
