@@ -32,11 +32,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))  # the slow reference implementation lives with the tests
 
-from nucleisam.baseline import classical_instances  # noqa: E402
+from nucleisam.classical import classical_instances  # noqa: E402
 from nucleisam.data import instance_targets  # noqa: E402
-from nucleisam.io import write_json_atomic  # noqa: E402
 from nucleisam.metrics import evaluate_instances  # noqa: E402
 from nucleisam.postprocess import instances_from_foreground, instances_from_maps  # noqa: E402
+from nucleisam.utils.atomic import write_json_atomic  # noqa: E402
 from reference_metrics import reference_metrics  # noqa: E402
 
 

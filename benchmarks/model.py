@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(_table(rows))
-    from nucleisam.io.atomic import write_json_atomic
+    from nucleisam.utils.atomic import write_json_atomic
 
     machine = {
         "python": platform.python_version(),

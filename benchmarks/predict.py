@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from nucleisam.data import read_label_map, read_rgb  # noqa: E402
-from nucleisam.io.exports import export_all  # noqa: E402
+from nucleisam.exports import export_all  # noqa: E402
 
 SAMPLE = REPO / "examples" / "NuInsSeg" / "human spleen"
 BIG_SOURCE = "human_spleen_25"  # the sample tile with the most nuclei (190)

@@ -9,9 +9,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-import nucleisam.baseline as baseline
+import nucleisam.classical as baseline
 from conftest import SHARED_SPLEEN, requires_shared_data
-from nucleisam.baseline import ClassicalConfig, classical_instances
+from nucleisam.classical import ClassicalConfig, classical_instances
 from nucleisam.errors import NucleisamError
 from nucleisam.metrics import MetricAccumulator
 from nucleisam.postprocess import split_by_distance_peaks, tune_postprocess

@@ -18,15 +18,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import nucleisam.baseline_cv as baseline_cv
+import nucleisam.experiments.classical_cv as baseline_cv
 from conftest import write_cropped_sample
-from nucleisam.baseline import ClassicalConfig, classical_instances
-from nucleisam.baseline_cv import load_baseline_config
+from nucleisam.classical import ClassicalConfig, classical_instances
 from nucleisam.cli import main
 from nucleisam.data import load_nuinsseg, make_folds
-from nucleisam.io.report import REPORT_METRICS
-from nucleisam.io.tables import read_rows_csv
+from nucleisam.experiments.classical_cv import load_baseline_config
+from nucleisam.experiments.report import REPORT_METRICS
 from nucleisam.metrics import evaluate_instances
+from nucleisam.utils.tables import read_rows_csv
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 VARIANTS = ("vague_excluded", "all_pixels")

@@ -14,7 +14,8 @@ from PIL import Image
 
 from conftest import SHARED_SPLEEN, requires_shared_data
 from nucleisam.cli import main
-from nucleisam.metrics import MetricAccumulator, evaluate_folders
+from nucleisam.evaluate import evaluate_folders
+from nucleisam.metrics import MetricAccumulator
 
 ORGAN = "human spleen"
 

@@ -18,7 +18,7 @@ import tifffile
 import torch
 from PIL import Image
 
-from nucleisam.baseline import classical_instances
+from nucleisam.classical import classical_instances
 from nucleisam.cli import main
 from nucleisam.data import read_label_map, read_rgb
 from nucleisam.model import ModelConfig, build_model, save_adapter

@@ -18,7 +18,7 @@ from skimage.segmentation import find_boundaries
 
 from nucleisam.data import read_rgb
 from nucleisam.errors import NucleisamError
-from nucleisam.io.exports import (
+from nucleisam.exports import (
     export_all,
     nucleus_polygons,
     output_paths,
@@ -26,7 +26,7 @@ from nucleisam.io.exports import (
     parse_formats,
     write_label_tiff,
 )
-from nucleisam.io.measure import measure_nuclei
+from nucleisam.morphometry import measure_nuclei
 
 STEM = "human_spleen_25"
 Tile = tuple[np.ndarray, np.ndarray]

@@ -11,7 +11,7 @@ from PIL import Image
 
 from nucleisam.data import read_rgb
 from nucleisam.errors import NucleisamError
-from nucleisam.io import atomic_output, ensure_output_dir, write_json_atomic
+from nucleisam.utils.atomic import atomic_output, ensure_output_dir, write_json_atomic
 
 
 def test_sample_png_reads_as_rgb_uint8(sample_root: Path) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from nucleisam.baseline import classical_instances
+from nucleisam.classical import classical_instances
 from nucleisam.data import read_rgb
 from nucleisam.errors import NucleisamError
 from nucleisam.model import ModelConfig, NucleiSam, save_adapter

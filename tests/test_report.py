@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nucleisam.io.report import (
+from nucleisam.experiments.report import (
     REFERENCE_RESULTS,
     mean_std,
     overlay_contours,
@@ -130,7 +130,7 @@ def test_overlay_marks_contours(tmp_path: Path) -> None:
 
 
 def test_csv_rows_round_trip_with_missing_cells(tmp_path: Path) -> None:
-    from nucleisam.io.tables import read_rows_csv, write_rows_csv
+    from nucleisam.utils.tables import read_rows_csv, write_rows_csv
 
     rows = [
         {"epoch": 1, "loss": 0.5},

@@ -13,8 +13,8 @@ from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 
 from nucleisam.data import instance_targets
-from nucleisam.distance import inner_distance, inner_distance_squared
 from nucleisam.errors import NucleisamError
+from nucleisam.utils.distance import inner_distance, inner_distance_squared
 
 
 def per_object_edt(labels: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import nucleisam.train.cv as cv
+import nucleisam.experiments.cv as cv
 import nucleisam.train.loop as loop
 from conftest import write_cropped_sample
 from nucleisam.cli import main

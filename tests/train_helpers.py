@@ -15,7 +15,7 @@ from PIL import Image
 from scipy import ndimage
 
 from nucleisam.data import Sample, load_nuinsseg
-from nucleisam.data.transforms import normalize_for_sam
+from nucleisam.model.mobilesam import normalize_for_sam
 
 
 def synthetic_tile(

@@ -24,7 +24,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from nucleisam.errors import NucleisamError
-from nucleisam.io.atomic import write_text_atomic
+from nucleisam.utils.atomic import write_text_atomic
 
 T = TypeVar("T")
 

@@ -1,5 +1,5 @@
 """``nucleisam baseline``: the classical baseline (no model) over the folds of ``cv``
-(:mod:`nucleisam.baseline_cv`)."""
+(:mod:`nucleisam.experiments.classical_cv`)."""
 
 from __future__ import annotations
 
@@ -55,8 +55,8 @@ def _values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _handle_baseline(args: argparse.Namespace) -> int:
-    from nucleisam.baseline_cv import load_baseline_config, run_baseline
-    from nucleisam.io.runs import summary_table
+    from nucleisam.experiments.classical_cv import load_baseline_config, run_baseline
+    from nucleisam.experiments.runs import summary_table
 
     config = load_baseline_config(args.config, (), _values(args))
     out = Path(args.out)

@@ -19,7 +19,7 @@ from nucleisam.data.download import (
 from nucleisam.data.folds import make_folds
 from nucleisam.data.summary import SUBSTANTIAL_VAGUE_FRACTION, DatasetSummary, summarize
 from nucleisam.errors import NucleisamError
-from nucleisam.io.atomic import ensure_output_dir
+from nucleisam.utils.atomic import ensure_output_dir
 
 
 def _add_data_source(parser: argparse.ArgumentParser) -> None:

@@ -6,8 +6,8 @@ import argparse
 import json
 
 from nucleisam.data.download import resolve_data_root
+from nucleisam.evaluate import FolderEvaluation, evaluate_folders
 from nucleisam.metrics import METRIC_NAMES
-from nucleisam.metrics.folders import FolderEvaluation, evaluate_folders
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from nucleisam.errors import NucleisamError
-from nucleisam.io.atomic import ensure_output_dir
-from nucleisam.io.exports import EXPORT_FORMATS, check_outputs_free, output_paths, parse_formats
+from nucleisam.exports import EXPORT_FORMATS, check_outputs_free, output_paths, parse_formats
+from nucleisam.utils.atomic import ensure_output_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,7 +63,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from nucleisam.data.imageio import read_rgb
-    from nucleisam.io.exports import export_all
+    from nucleisam.exports import export_all
     from nucleisam.predict.inputs import check_unique_stems, expand_inputs
     from nucleisam.predict.predictor import Predictor, resolve_device
     from nucleisam.predict.tiling import check_tiling

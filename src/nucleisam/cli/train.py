@@ -1,4 +1,4 @@
-"""``nucleisam train``, ``cv`` and ``demo``: thin wrappers over :mod:`nucleisam.train.cv`."""
+"""``nucleisam train``, ``cv`` and ``demo``: thin wrappers over :mod:`nucleisam.experiments.cv`."""
 
 from __future__ import annotations
 
@@ -87,8 +87,8 @@ def _reproduce(out: Path, verb: str) -> str:
 def _run_cv(
     config: Config, out: Path, *, resume: bool, only_folds: list[int] | None, verb: str, notes: list[str] = ()
 ) -> dict[str, Any]:
-    from nucleisam.io.runs import summary_table
-    from nucleisam.train.cv import run_cv
+    from nucleisam.experiments.cv import run_cv
+    from nucleisam.experiments.runs import summary_table
     from nucleisam.train.distributed import init_distributed, shutdown_distributed
     from nucleisam.train.loop import TrainingInterrupted
 
@@ -126,7 +126,7 @@ def _handle_train(args: argparse.Namespace) -> int:
     config = _config(args)
     out = Path(args.out)
     if args.all:
-        from nucleisam.train.cv import train_final
+        from nucleisam.experiments.cv import train_final
         from nucleisam.train.distributed import init_distributed, shutdown_distributed
 
         context = init_distributed(config.train.device)

@@ -43,7 +43,7 @@ from nucleisam import __version__
 from nucleisam.data.datasets import is_nuinsseg_root, load_nuinsseg
 from nucleisam.data.summary import DatasetSummary, summarize
 from nucleisam.errors import NucleisamError
-from nucleisam.io.atomic import write_json_atomic, write_text_atomic
+from nucleisam.utils.atomic import write_json_atomic, write_text_atomic
 from nucleisam.utils.download import DownloadError, cache_dir, download_file, fetch_json, file_digest
 
 #: Environment variable replacing Zenodo's API base URL (a mirror, or a local test server).

@@ -24,7 +24,7 @@ import numpy as np
 
 from nucleisam.data.datasets import Sample
 from nucleisam.errors import NucleisamError
-from nucleisam.io.atomic import write_json_atomic
+from nucleisam.utils.atomic import write_json_atomic
 
 MANIFEST_FORMAT = "nucleisam-folds"
 MANIFEST_VERSION = 1

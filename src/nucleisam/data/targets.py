@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from nucleisam.distance import inner_distance_squared
 from nucleisam.errors import NucleisamError
+from nucleisam.utils.distance import inner_distance_squared
 
 TARGET_KEYS = ("foreground", "center_distance", "boundary_distance")
 

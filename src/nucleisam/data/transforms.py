@@ -1,9 +1,9 @@
 """Transforms between images on disk and model inputs, and training-time augmentation.
 
-SAM (and so MobileSAM) was trained on images normalised per channel with the ImageNet statistics
-expressed on the 0–255 scale, resized so the longest side equals the model input size, and
-zero-padded at the bottom and right. Labels and masks are only ever resized with nearest neighbour,
-so instance ids survive unchanged.
+SAM (and so MobileSAM) sees images resized so the longest side equals the model input size and
+zero-padded at the bottom and right (its pixel normalisation belongs to the model:
+:func:`nucleisam.model.mobilesam.normalize_for_sam`). Labels and masks are only ever resized with
+nearest neighbour, so instance ids survive unchanged.
 
 :class:`Augmenter` applies one random draw of flips, 90° rotations, mild zoom, H&E stain jitter and
 blur consistently to an image, its instance labels, its ambiguous mask and any extra float maps.
@@ -23,11 +23,6 @@ from skimage.color import hed_from_rgb, rgb_from_hed
 if TYPE_CHECKING:  # torch is imported where tensors are made, so reading data stays light
     import torch
 
-#: Per-channel mean and standard deviation of SAM's preprocessing, on the 0–255 scale (RGB order),
-#: from segment-anything's ``Sam.pixel_mean`` / ``Sam.pixel_std``.
-SAM_PIXEL_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
-SAM_PIXEL_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
-
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """RGB ``uint8`` (H, W, 3) → float32 tensor (3, H, W) on the 0–255 scale."""
@@ -36,22 +31,6 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an RGB image of shape (H, W, 3), got {image.shape}")
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
-
-
-def normalize_for_sam(images: torch.Tensor) -> torch.Tensor:
-    """Normalise images the way SAM was trained.
-
-    Args:
-        images: float tensor (B, 3, H, W) or (3, H, W) on the 0–255 scale, RGB.
-    Returns:
-        Tensor of the same shape, ``(x - mean) / std`` per channel.
-    """
-    import torch
-
-    shape = (3, 1, 1)
-    mean = torch.tensor(SAM_PIXEL_MEAN, dtype=images.dtype, device=images.device).view(shape)
-    std = torch.tensor(SAM_PIXEL_STD, dtype=images.dtype, device=images.device).view(shape)
-    return (images - mean) / std
 
 
 # --------------------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ See :mod:`nucleisam.metrics.instance` for the exact definitions and conventions 
 """
 
 from nucleisam.metrics.aggregate import MetricAccumulator, MetricSummary
-from nucleisam.metrics.folders import FolderEvaluation, evaluate_folders, write_evaluation
 from nucleisam.metrics.instance import (
     METRIC_NAMES,
     MSA_THRESHOLDS,
@@ -27,7 +26,6 @@ from nucleisam.metrics.table import OverlapTable, overlap_table, remove_ambiguou
 __all__ = [
     "METRIC_NAMES",
     "MSA_THRESHOLDS",
-    "FolderEvaluation",
     "InstanceCounts",
     "MetricAccumulator",
     "MetricSummary",
@@ -36,7 +34,6 @@ __all__ = [
     "aji_plus",
     "boundary_zone",
     "dice",
-    "evaluate_folders",
     "evaluate_instances",
     "hungarian_pairs",
     "image_counts",
@@ -45,6 +42,5 @@ __all__ = [
     "overlap_table",
     "panoptic_quality",
     "remove_ambiguous",
-    "write_evaluation",
     "zone_footprint",
 ]

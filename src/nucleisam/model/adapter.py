@@ -22,9 +22,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from nucleisam import __version__
-from nucleisam.data.transforms import SAM_PIXEL_MEAN, SAM_PIXEL_STD
 from nucleisam.errors import NucleisamError
-from nucleisam.io.atomic import atomic_output
+from nucleisam.model.mobilesam import SAM_PIXEL_MEAN, SAM_PIXEL_STD
 from nucleisam.model.network import (
     RANDOM_BASE,
     ModelConfig,
@@ -32,6 +31,7 @@ from nucleisam.model.network import (
     assemble_model,
     load_base_weights,
 )
+from nucleisam.utils.atomic import atomic_output
 
 FORMAT = "nucleisam-adapter"
 FORMAT_VERSION = 1

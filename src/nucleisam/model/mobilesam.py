@@ -29,6 +29,10 @@ from kornia.models.tiny_vit import TinyViT
 
 from nucleisam.errors import NucleisamError
 
+#: Per-channel mean and standard deviation of SAM's preprocessing, on the 0–255 scale (RGB order),
+#: from segment-anything's ``Sam.pixel_mean`` / ``Sam.pixel_std``.
+SAM_PIXEL_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
+SAM_PIXEL_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
 #: SAM's prompt/mask embedding width and the encoder's total stride.
 EMBED_DIM = 256
 ENCODER_STRIDE = 16
@@ -185,3 +189,17 @@ def prompt_free_mask_logits(
     weights = mask_decoder.output_hypernetworks_mlps[0](first_mask_token)  # (B, 32)
     b, c, h, w = upscaled.shape
     return (weights.unsqueeze(1) @ upscaled.reshape(b, c, h * w)).reshape(b, 1, h, w)
+
+
+def normalize_for_sam(images: torch.Tensor) -> torch.Tensor:
+    """Normalise images the way SAM was trained.
+
+    Args:
+        images: float tensor (B, 3, H, W) or (3, H, W) on the 0–255 scale, RGB.
+    Returns:
+        Tensor of the same shape, ``(x - mean) / std`` per channel.
+    """
+    shape = (3, 1, 1)
+    mean = torch.tensor(SAM_PIXEL_MEAN, dtype=images.dtype, device=images.device).view(shape)
+    std = torch.tensor(SAM_PIXEL_STD, dtype=images.dtype, device=images.device).view(shape)
+    return (images - mean) / std

@@ -30,7 +30,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from nucleisam.data.transforms import normalize_for_sam
 from nucleisam.errors import NucleisamError
 from nucleisam.model.checkpoint import file_sha256, find_checkpoint, load_state_dict_file, load_strict
 from nucleisam.model.heads import DEFAULT_WIDTHS, INSTANCE_MAPS, InstanceHead
@@ -39,6 +38,7 @@ from nucleisam.model.mobilesam import (
     build_mobilesam,
     check_input_size,
     encode,
+    normalize_for_sam,
     prompt_free_mask_logits,
     resize_and_pad,
     unpad_to_native,

@@ -2,7 +2,7 @@
 
 The search is generic: any frozen dataclass of parameters and any ``segment(input, config) ->
 labels`` function can be tuned, so the instance head's watershed (:func:`labels_from_maps`) and the
-classical baseline (:func:`nucleisam.baseline.classical_instances`) use the same code. The starting
+classical baseline (:func:`nucleisam.classical.classical_instances`) use the same code. The starting
 configuration is always scored first and only a strictly better one replaces it, so tuning never
 lowers the validation score.
 """

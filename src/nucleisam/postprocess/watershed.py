@@ -23,8 +23,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.segmentation import watershed
 
-from nucleisam.distance import inner_distance
 from nucleisam.errors import NucleisamError
+from nucleisam.utils.distance import inner_distance
 
 _EIGHT_CONNECTED = np.ones((3, 3), bool)
 

@@ -197,8 +197,8 @@ class Predictor:
     @classmethod
     def classical(cls, *, tile: int = 512, overlap: int = 64, **params: Any) -> Predictor:
         """The classical baseline (hematoxylin threshold + watershed), no model or weights;
-        ``params`` go to :func:`nucleisam.baseline.classical_instances`."""
-        from nucleisam.baseline import classical_instances
+        ``params`` go to :func:`nucleisam.classical.classical_instances`."""
+        from nucleisam.classical import classical_instances
 
         def label_fn(maps: Mapping[str, np.ndarray], image: np.ndarray) -> np.ndarray:
             return classical_instances(image, **params)

@@ -35,7 +35,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from nucleisam.errors import NucleisamError
-from nucleisam.io.measure import compact_labels
+from nucleisam.morphometry import compact_labels
 
 #: (B, h, w, 3) uint8 tiles → maps of shape (B, h, w), e.g. foreground probability.
 MapFn = Callable[[np.ndarray], Mapping[str, np.ndarray]]

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import Sampler
 
 from nucleisam.data.transforms import image_to_tensor
-from nucleisam.io.atomic import atomic_output
+from nucleisam.utils.atomic import atomic_output
 
 #: Target maps every tile provides (float32, H×W), as defined by ``nucleisam.data.instance_targets``.
 TARGET_KEYS = ("foreground", "center_distance", "boundary_distance")

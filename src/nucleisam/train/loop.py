@@ -38,7 +38,6 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from nucleisam.errors import NucleisamError
-from nucleisam.io.tables import write_rows_csv
 from nucleisam.train.config import TrainConfig
 from nucleisam.train.dataset import TARGET_KEYS, EpochSampler, pad_collate
 from nucleisam.train.distributed import DistContext
@@ -52,6 +51,7 @@ from nucleisam.train.state import (
     seed_everything,
     trainable_state,
 )
+from nucleisam.utils.tables import write_rows_csv
 
 CHECKPOINT_DIR = "checkpoint"
 HISTORY_FILE = "history.csv"

@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from nucleisam.errors import NucleisamError
-from nucleisam.io.atomic import atomic_output
+from nucleisam.utils.atomic import atomic_output
 
 TRAIN_STATE_FILE = "train_state.pt"
 #: Bumped when the layout of ``train_state.pt`` changes incompatibly.

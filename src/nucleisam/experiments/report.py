@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from nucleisam.io.atomic import atomic_output, write_text_atomic
+from nucleisam.utils.atomic import atomic_output, write_text_atomic
 
 #: Metrics in report tables, in this order, with their column titles.
 REPORT_METRICS: dict[str, str] = {

@@ -30,9 +30,9 @@ from nucleisam.data.labels import (
     read_label_map,
 )
 from nucleisam.errors import NucleisamError
-from nucleisam.io.atomic import ensure_output_dir, write_json_atomic, write_text_atomic
 from nucleisam.metrics.aggregate import MetricAccumulator, MetricSummary
 from nucleisam.metrics.instance import METRIC_NAMES, MSA_THRESHOLDS
+from nucleisam.utils.atomic import ensure_output_dir, write_json_atomic, write_text_atomic
 
 #: What each reported number means; written into summary.json and summary.md.
 DEFINITIONS: dict[str, str] = {

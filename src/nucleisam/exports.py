@@ -1,6 +1,6 @@
 """Exports of an instance label map: label TIFF, QuPath GeoJSON, per-nucleus CSV, overlay PNG.
 
-Every file is written atomically (:mod:`nucleisam.io.atomic`) and an existing file is only replaced
+Every file is written atomically (:mod:`nucleisam.utils.atomic`) and an existing file is only replaced
 when ``overwrite=True`` (the CLI's ``--overwrite``). File names derive from the image stem:
 
 =========  ===============================  ================================================
@@ -9,7 +9,7 @@ format     file                             content
 tiff       ``<stem>_labels.tif``            uint16 ids (uint32 above 65,535), zlib-compressed,
                                             resolution tags in pixels/cm when ``mpp`` is known
 geojson    ``<stem>_nuclei.geojson``        FeatureCollection, one QuPath detection per nucleus
-csv        ``<stem>_nuclei.csv``            one row per nucleus (:func:`~nucleisam.io.measure.measure_nuclei`)
+csv        ``<stem>_nuclei.csv``            one row per nucleus (``morphometry.measure_nuclei``)
 overlay    ``<stem>_overlay.png``           contours on the image, longest side ≤ 4096 px
 =========  ===============================  ================================================
 
@@ -40,8 +40,8 @@ from skimage.segmentation import find_boundaries
 
 from nucleisam.data.labels import PREDICTED_LABELS_SUFFIX, PREDICTED_OVERLAY_SUFFIX
 from nucleisam.errors import NucleisamError
-from nucleisam.io.atomic import atomic_output
-from nucleisam.io.measure import check_label_map, compact_labels, measure_nuclei
+from nucleisam.morphometry import check_label_map, compact_labels, measure_nuclei
+from nucleisam.utils.atomic import atomic_output
 
 #: Export formats in the order the CLI lists them.
 EXPORT_FORMATS: tuple[str, ...] = ("tiff", "geojson", "csv", "overlay")
@@ -222,7 +222,7 @@ def geojson_feature_collection(
 
     Args:
         labels: integer (H, W) instance ids.
-        measurements: columns from :func:`~nucleisam.io.measure.measure_nuclei` (must hold ``id``,
+        measurements: columns from :func:`~nucleisam.morphometry.measure_nuclei` (must hold ``id``,
             in increasing order, one row per nucleus of ``labels``).
         stem: image name, mixed into the deterministic feature UUIDs.
     """

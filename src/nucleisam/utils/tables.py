@@ -9,7 +9,7 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from nucleisam.io.atomic import write_text_atomic
+from nucleisam.utils.atomic import write_text_atomic
 
 
 def write_rows_csv(

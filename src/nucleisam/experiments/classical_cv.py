@@ -1,9 +1,9 @@
 """``nucleisam baseline``: the classical baseline cross-validated like a model, without any model.
 
 The run goes through the same fold manifest and writes the same folder as ``nucleisam cv``
-(:mod:`nucleisam.io.runs`). Per fold, the parameters of
-:func:`~nucleisam.baseline.classical_instances` are tuned on the fold's validation images with
-:func:`~nucleisam.baseline.tune_classical` (the search ``cv`` uses for its classical row), then the
+(:mod:`nucleisam.experiments.runs`). Per fold, the parameters of
+:func:`~nucleisam.classical.classical_instances` are tuned on the fold's validation images with
+:func:`~nucleisam.classical.tune_classical` (the search ``cv`` uses for its classical row), then the
 fold's test images are scored with and without the vague areas. The training images are not used:
 the method learns nothing. Nothing on this path imports torch.
 """
@@ -20,15 +20,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from nucleisam.baseline import ClassicalConfig, classical_instances, tune_classical
+from nucleisam.classical import ClassicalConfig, classical_instances, tune_classical
 from nucleisam.config import load_config, save_config, to_dict
 from nucleisam.data.config import DataConfig
 from nucleisam.data.datasets import Sample
 from nucleisam.data.folds import Fold, FoldManifest
 from nucleisam.errors import NucleisamError
-from nucleisam.io.atomic import ensure_output_dir, write_json_atomic
-from nucleisam.io.report import REPORT_METRICS, write_overlay, write_report
-from nucleisam.io.runs import (
+from nucleisam.experiments.report import REPORT_METRICS, write_overlay, write_report
+from nucleisam.experiments.runs import (
     CONFIG_FILE,
     FOLD_METRICS_FILE,
     FOLDS_FILE,
@@ -44,8 +43,9 @@ from nucleisam.io.runs import (
     read_per_image,
     summarize,
 )
-from nucleisam.io.tables import write_rows_csv
 from nucleisam.metrics import MetricAccumulator
+from nucleisam.utils.atomic import ensure_output_dir, write_json_atomic
+from nucleisam.utils.tables import write_rows_csv
 
 METHOD = "classical"
 #: Options that change how a run executes, not what it computes: they may differ on --resume.

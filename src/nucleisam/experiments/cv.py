@@ -8,7 +8,7 @@ For every fold of the manifest (``folds.json``):
 3. reload the best epoch and tune the post-processing parameters on the validation images;
 4. score the test images at native resolution with the tuned watershed, with connected components
    of the thresholded foreground (to show what post-processing adds) and with the classical baseline
-   (no model; :func:`nucleisam.baseline.tune_classical` on the same validation images), each with and
+   (no model; :func:`nucleisam.classical.tune_classical` on the same validation images), each with and
    without the vague areas;
 5. write ``fold_<i>/adapter.safetensors`` (tuned post-processing in its metadata), ``history.csv``,
    ``per_image.csv`` and ``metrics.json``; ``metrics.json`` marks the fold finished, so ``--resume``
@@ -30,13 +30,12 @@ import numpy as np
 import torch
 from skimage.measure import label as connected_components
 
-from nucleisam.baseline import classical_instances, tune_classical
+from nucleisam.classical import classical_instances, tune_classical
 from nucleisam.config import save_config, to_dict
 from nucleisam.data import Augmenter, FoldManifest, Sample
 from nucleisam.errors import NucleisamError
-from nucleisam.io.atomic import ensure_output_dir, write_json_atomic
-from nucleisam.io.report import REPORT_METRICS, plot_curves, write_overlay, write_report
-from nucleisam.io.runs import (
+from nucleisam.experiments.report import REPORT_METRICS, plot_curves, write_overlay, write_report
+from nucleisam.experiments.runs import (
     CONFIG_FILE,
     FOLD_METRICS_FILE,
     FOLDS_FILE,
@@ -52,7 +51,6 @@ from nucleisam.io.runs import (
     read_per_image,
     summarize,
 )
-from nucleisam.io.tables import read_rows_csv, write_rows_csv
 from nucleisam.metrics import MetricAccumulator
 from nucleisam.model import build_model, save_adapter
 from nucleisam.postprocess import PostprocessConfig, labels_from_maps, tune_postprocess
@@ -62,6 +60,8 @@ from nucleisam.train.distributed import DistContext
 from nucleisam.train.inference import predict_maps
 from nucleisam.train.loop import CHECKPOINT_DIR, HISTORY_FILE, fit
 from nucleisam.train.state import load_weights_into, seed_everything
+from nucleisam.utils.atomic import ensure_output_dir, write_json_atomic
+from nucleisam.utils.tables import read_rows_csv, write_rows_csv
 
 ADAPTER_FILE = "adapter.safetensors"
 

@@ -6,8 +6,8 @@ finished, so a resumed run skips it), then ``summary.json``, ``report.md`` and `
 
 This module holds what both runners need and no model: the per-method scoring of a fold's test
 images (:class:`MethodScores`), the summary over folds (:func:`summarize`, layout in
-:mod:`nucleisam.io.report`), and the checks made before anything is written (:func:`check_run_folder`,
-:func:`open_run_data`).
+:mod:`nucleisam.experiments.report`), and the checks made before anything is written
+(:func:`check_run_folder`, :func:`open_run_data`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from nucleisam.data.config import DataConfig
 from nucleisam.data.datasets import Sample, open_dataset
 from nucleisam.data.folds import FoldManifest, make_folds
 from nucleisam.errors import NucleisamError
-from nucleisam.io.report import REPORT_METRICS, mean_std
-from nucleisam.io.tables import read_rows_csv
+from nucleisam.experiments.report import REPORT_METRICS, mean_std
 from nucleisam.metrics import MetricAccumulator
+from nucleisam.utils.tables import read_rows_csv
 
 CONFIG_FILE = "config.yaml"
 FOLDS_FILE = "folds.json"
@@ -135,7 +135,7 @@ def summarize(
     primary_method: str = "watershed",
     notes: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The ``summary.json`` dict (layout in :mod:`nucleisam.io.report`) from the finished folds'
+    """The ``summary.json`` dict (layout in :mod:`nucleisam.experiments.report`) from the finished folds'
     ``metrics.json`` dicts and their ``per_image.csv`` rows; the per-organ table and the report's
     per-fold table are of ``primary_method``."""
     methods: dict[str, Any] = {}

@@ -1,0 +1,1 @@
+"""Experiments: the run folder, cross-validation of any method, summaries over folds and reports."""
