@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import sys
 import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -111,7 +113,7 @@ def test_unreadable_and_non_state_dict_files(tmp_path) -> None:
 
 
 def test_cache_dir_prefers_nucleisam_home_then_xdg(monkeypatch, tmp_path) -> None:
-    monkeypatch.setattr(ckpt.sys, "platform", "linux")
+    monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.setenv("NUCLEISAM_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert ckpt.default_checkpoint_path() == tmp_path / "home" / "mobile_sam.pt"
@@ -158,7 +160,7 @@ def test_offline_download_says_where_to_put_the_file(monkeypatch, tmp_path) -> N
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(ckpt.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     monkeypatch.setenv("NUCLEISAM_HOME", str(tmp_path / "home"))
     with pytest.raises(NucleisamError) as info:
         ckpt.download_checkpoint(progress=False)
@@ -184,7 +186,7 @@ def test_auto_weights_without_cache_or_network_fail_clearly(monkeypatch, tmp_pat
     def offline(*args, **kwargs):
         raise urllib.error.URLError("offline")
 
-    monkeypatch.setattr(ckpt.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     monkeypatch.setenv("NUCLEISAM_HOME", str(tmp_path))
     with pytest.raises(NucleisamError, match="could not download"):
         build_model(ModelConfig(weights="auto", input_size=256))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from nucleisam.data.download import resolve_data_root
 from nucleisam.evaluate import FolderEvaluation, evaluate_folders
 from nucleisam.metrics import METRIC_NAMES
 
@@ -22,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--gt", metavar="DIR", help="folder of ground-truth label maps (TIFF/PNG/NPY)")
     source.add_argument("--data", metavar="NUINSSEG_ROOT",
-                        help="NuInsSeg root or organ folder: its 'label masks modify' and vague areas")
+                        help="NuInsSeg root or organ folder ('nuinsseg': the downloaded copy): its 'label "
+                        "masks modify' and vague areas")
     parser.add_argument("--ambiguous", metavar="DIR",
                         help="folder of vague-area masks by stem (default with --data: the data set's own)")
     parser.add_argument("--ambiguous-threshold", type=float, default=0.25, metavar="F",
@@ -65,7 +67,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     evaluation = evaluate_folders(
         args.pred,
         gt_dir=args.gt,
-        data_root=args.data,
+        data_root=None if args.data is None else resolve_data_root(args.data),
         ambiguous_dir=args.ambiguous,
         out_dir=args.out,
         ambiguous_threshold=args.ambiguous_threshold,

@@ -8,24 +8,18 @@ in full (missing, unexpected and mis-shaped keys) instead of PyTorch's one-line 
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import logging
 import os
 import pickle
-import sys
-import urllib.error
-import urllib.request
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from nucleisam.errors import NucleisamError
-from nucleisam.utils.atomic import atomic_output
+from nucleisam.utils.download import HOME_ENV, cache_dir, download_file, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -34,43 +28,11 @@ CHECKPOINT_URL = "https://github.com/ChaoningZhang/MobileSAM/raw/a509aac54fdd7af
 CHECKPOINT_SHA256 = "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f"
 CHECKPOINT_SIZE = 40_728_226
 CHECKPOINT_FILENAME = "mobile_sam.pt"
-#: Environment variable naming the folder that holds the cached weights.
-HOME_ENV = "NUCLEISAM_HOME"
-
-_CHUNK = 1 << 20
-
-
-def cache_dir() -> Path:
-    """Folder for downloaded weights: ``$NUCLEISAM_HOME`` if set, else the platform's user cache.
-
-    Linux and other Unix: ``$XDG_CACHE_HOME/nucleisam`` (default ``~/.cache/nucleisam``); macOS:
-    ``~/Library/Caches/nucleisam``; Windows: ``%LOCALAPPDATA%\\nucleisam\\Cache``.
-    """
-    home = os.environ.get(HOME_ENV)
-    if home:
-        return Path(home).expanduser()
-    if sys.platform == "win32":
-        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
-        return Path(base) / "nucleisam" / "Cache"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "nucleisam"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base_dir = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
-    return base_dir / "nucleisam"
 
 
 def default_checkpoint_path() -> Path:
     """Where ``nucleisam weights download`` puts (and ``weights="auto"`` looks for) ``mobile_sam.pt``."""
     return cache_dir() / CHECKPOINT_FILENAME
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _manual_instructions(destination: Path, url: str | None = None) -> str:
@@ -95,13 +57,15 @@ def download_checkpoint(
     """Download the MobileSAM weights and verify them; return the path of the verified file.
 
     The bytes go to a ``.part`` file beside ``destination`` that is renamed into place only after
-    its sha256 matches, so an interrupted or corrupted download never leaves a usable-looking file.
+    its sha256 matches, so an interrupted or corrupted download never leaves a usable-looking file;
+    an interrupted download is resumed from its ``.part`` file by the next call
+    (:func:`nucleisam.utils.download.download_file`).
 
     Args:
         destination: target file (default :func:`default_checkpoint_path`).
         url, sha256, expected_size: the file to fetch and its known digest and size (size only sizes
             the progress bar when the server does not send one).
-        force: download again even if a verified file is already there.
+        force: download again from the start even if a verified file is already there.
         progress: show a progress bar on stderr.
         timeout: seconds to wait for the server before giving up.
     Raises:
@@ -125,38 +89,17 @@ def download_checkpoint(
             f"cannot create the weights folder {target.parent}: {exc.strerror or exc}. "
             f"Set {HOME_ENV} to a folder you can write to."
         ) from exc
-    digest = hashlib.sha256()
-    try:
-        with atomic_output(target) as part, urllib.request.urlopen(url, timeout=timeout) as response:
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else expected_size
-            with (
-                open(part, "wb") as out,
-                tqdm(
-                    total=total,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    desc=CHECKPOINT_FILENAME,
-                    disable=not progress,
-                ) as bar,
-            ):
-                while chunk := response.read(_CHUNK):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-            if digest.hexdigest() != sha256:
-                # Raised inside atomic_output: the .part file is removed and nothing is renamed.
-                raise NucleisamError(
-                    f"the file downloaded from {url} has sha256 {digest.hexdigest()}, expected {sha256}; "
-                    f"it was discarded. {_manual_instructions(target)}"
-                )
-    except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError is an OSError
-        reason = getattr(exc, "reason", None) or exc
-        raise NucleisamError(
-            f"could not download the MobileSAM weights from {url} ({reason}). "
-            f"{_manual_instructions(target)}"
-        ) from exc
+    download_file(
+        url,
+        target,
+        digest=sha256,
+        size=expected_size,
+        what="the MobileSAM weights",
+        hint=_manual_instructions(target),
+        resume=not force,
+        progress=progress,
+        timeout=timeout,
+    )
     logger.info("MobileSAM weights downloaded and verified: %s", target)
     return target
 
