@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "nucleisam.cli.baseline",
     "nucleisam.cli.evaluate",
     "nucleisam.cli.predict",
+    "nucleisam.cli.export",
 )
 
 

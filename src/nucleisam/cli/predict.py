@@ -11,6 +11,8 @@ from nucleisam.errors import NucleisamError
 from nucleisam.exports import EXPORT_FORMATS, check_outputs_free, output_paths, parse_formats
 from nucleisam.utils.atomic import ensure_output_dir
 
+DEFAULT_TILE = 512
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -27,7 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--adapter", metavar="FILE", help="fine-tuned adapter (.safetensors) from training")
     source.add_argument("--method", choices=["model", "classical"], default=None,
                         help="'classical': hematoxylin threshold + watershed, no model or weights; "
-                        "'model' (default with --adapter)")
+                        "'model' (default with --adapter or --model)")
+    source.add_argument("--model", metavar="FILE.onnx",
+                        help="a model from `nucleisam export --format onnx`; needs --backend onnxruntime")
+    parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                        help="torch (default): the adapter in PyTorch; onnxruntime: the --model file in ONNX "
+                        "Runtime (CPU; faster than torch on a CPU, see README)")
     parser.add_argument("--checkpoint", metavar="PATH",
                         help="base MobileSAM checkpoint (default: the cached official mobile_sam.pt)")
     parser.add_argument("--allow-checkpoint-mismatch", action="store_true",
@@ -35,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
     parser.add_argument("--formats", default=",".join(EXPORT_FORMATS), metavar="LIST",
                         help=f"comma-separated subset of {','.join(EXPORT_FORMATS)} (default: all)")
-    parser.add_argument("--tile", type=int, default=512, help="tile size in pixels (default 512)")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="tile size in pixels (default 512; with --model the file's input size)")
     parser.add_argument("--overlap", type=int, default=64,
                         help="tile overlap in pixels, at least the largest nucleus diameter (default 64)")
     parser.add_argument("--batch-size", type=int, default=4, help="tiles per network call (default 4)")
@@ -48,15 +56,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _method(args: argparse.Namespace) -> str:
-    method = args.method or ("model" if args.adapter else None)
+    method = args.method or ("model" if args.adapter or args.model else None)
     if method is None:
-        raise NucleisamError("choose a method: --adapter FILE (a fine-tuned model) or --method classical.")
-    if method == "model" and not args.adapter:
-        raise NucleisamError("--method model needs --adapter FILE (the .safetensors file training wrote).")
-    if method == "classical" and (args.adapter or args.checkpoint):
         raise NucleisamError(
-            "--method classical uses no model: drop --adapter/--checkpoint, or drop --method."
+            "choose a method: --adapter FILE (a fine-tuned model), --backend onnxruntime --model FILE.onnx "
+            "(an exported one) or --method classical."
         )
+    if method == "classical" and (args.adapter or args.checkpoint or args.model):
+        raise NucleisamError(
+            "--method classical uses no model: drop --adapter/--checkpoint/--model, or drop --method."
+        )
+    if method == "model" and args.backend == "onnxruntime":
+        if not args.model or args.adapter or args.checkpoint:
+            raise NucleisamError(
+                "--backend onnxruntime runs an exported file: give --model FILE.onnx (write it with "
+                "`nucleisam export --adapter A.safetensors --format onnx --out FILE.onnx`), not --adapter."
+            )
+    elif method == "model" and args.model:
+        raise NucleisamError("--model FILE.onnx runs with --backend onnxruntime: add it, or give --adapter.")
+    elif method == "model" and not args.adapter:
+        raise NucleisamError("--method model needs --adapter FILE (the .safetensors file training wrote).")
     return method
 
 
@@ -70,13 +89,16 @@ def run_predict(args: argparse.Namespace) -> int:
     from nucleisam.predict.tiling import check_tiling
 
     method = _method(args)
-    if method == "model":
+    onnx = method == "model" and args.backend == "onnxruntime"
+    if method == "model" and not onnx:
         from nucleisam.model.inference import resolve_device
 
         resolve_device(args.device)
     if args.mpp is not None and not (args.mpp > 0 and math.isfinite(args.mpp)):
         raise NucleisamError(f"--mpp {args.mpp} must be a positive number of microns per pixel.")
-    check_tiling(args.tile, args.overlap)
+    tile = args.tile if args.tile is not None or onnx else DEFAULT_TILE  # ONNX: the file's size
+    if tile is not None:
+        check_tiling(tile, args.overlap)
     if args.batch_size < 1:
         raise NucleisamError(f"--batch-size {args.batch_size} must be at least 1.")
     formats = parse_formats(args.formats)
@@ -88,10 +110,13 @@ def run_predict(args: argparse.Namespace) -> int:
         check_outputs_free(output_paths(out, image_path.stem, formats).values(), overwrite=args.overwrite)
 
     if method == "classical":
-        predictor = Predictor.classical(tile=args.tile, overlap=args.overlap)
+        predictor = Predictor.classical(tile=tile, overlap=args.overlap)
+    elif onnx:
+        predictor = Predictor.from_onnx(args.model, tile=tile, overlap=args.overlap,
+                                        batch_size=args.batch_size)
     else:
         predictor = Predictor.from_adapter(
-            args.adapter, checkpoint=args.checkpoint, device=args.device, tile=args.tile,
+            args.adapter, checkpoint=args.checkpoint, device=args.device, tile=tile,
             overlap=args.overlap, batch_size=args.batch_size,
             allow_checkpoint_mismatch=args.allow_checkpoint_mismatch,
         )

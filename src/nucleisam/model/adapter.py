@@ -11,9 +11,11 @@ The metadata is one JSON document stored under the ``nucleisam`` key of the safe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from nucleisam.model.network import (
     assemble_model,
     load_base_weights,
 )
+from nucleisam.postprocess import PostprocessConfig
 from nucleisam.utils.atomic import atomic_output
 
 FORMAT = "nucleisam-adapter"
@@ -209,3 +212,17 @@ def _load_tensors(model: NucleiSam, file: Path) -> None:
         )
         raise NucleisamError(f"adapter {file} does not fit the model its metadata describes ({details}).")
     model.load_state_dict(stored, strict=False)
+
+
+def adapter_postprocess(metadata: Mapping[str, Any], source: str) -> PostprocessConfig:
+    """The post-processing parameters recorded in adapter (or exported model) metadata, defaults
+    where none were recorded; ``source`` names the file in the error for unknown parameters."""
+    params = metadata.get("postprocess") or {}
+    known = {field.name for field in dataclasses.fields(PostprocessConfig)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise NucleisamError(
+            f"{source} records post-processing parameters this nucleisam does not know "
+            f"({', '.join(unknown)}); upgrade nucleisam."
+        )
+    return PostprocessConfig(**params)

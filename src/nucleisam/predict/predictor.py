@@ -13,7 +13,6 @@ no model and no weights.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -54,18 +53,17 @@ class Prediction:
     maps: dict[str, np.ndarray] | None = None
 
 
-def _postprocess_config(metadata: Mapping[str, Any], source: str) -> PostprocessConfig:
-    from nucleisam.postprocess import PostprocessConfig
+def _label_fn(postprocess: PostprocessConfig | LabelFn | None) -> LabelFn:
+    if callable(postprocess):
+        return postprocess
+    from nucleisam.postprocess import PostprocessConfig, labels_from_maps
 
-    params = metadata.get("postprocess") or {}
-    known = {field.name for field in dataclasses.fields(PostprocessConfig)}
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise NucleisamError(
-            f"adapter {source} records post-processing parameters this nucleisam does not know "
-            f"({', '.join(unknown)}); upgrade nucleisam."
-        )
-    return PostprocessConfig(**params)
+    config = postprocess if postprocess is not None else PostprocessConfig()
+
+    def label_fn(maps: Mapping[str, np.ndarray], image: np.ndarray) -> np.ndarray:
+        return labels_from_maps(dict(maps), config)
+
+    return label_fn
 
 
 class Predictor:
@@ -123,17 +121,7 @@ class Predictor:
         from nucleisam.model.inference import resolve_device, tile_map_fn
 
         map_fn = tile_map_fn(model, resolve_device(device), precision)
-        if callable(postprocess):
-            label_fn = postprocess
-        else:
-            from nucleisam.postprocess import PostprocessConfig, labels_from_maps
-
-            config = postprocess if postprocess is not None else PostprocessConfig()
-
-            def label_fn(maps: Mapping[str, np.ndarray], image: np.ndarray) -> np.ndarray:
-                return labels_from_maps(dict(maps), config)
-
-        return cls(label_fn=label_fn, map_fn=map_fn, tile=tile, overlap=overlap,
+        return cls(label_fn=_label_fn(postprocess), map_fn=map_fn, tile=tile, overlap=overlap,
                    batch_size=batch_size, description=description)
 
     @classmethod
@@ -152,15 +140,42 @@ class Predictor:
         """Load a fine-tuned adapter (and its base checkpoint) with the post-processing parameters
         recorded in it (defaults where none were recorded)."""
         from nucleisam.model import load_adapter
+        from nucleisam.model.adapter import adapter_postprocess
 
         check_tiling(tile, overlap)
         model, metadata = load_adapter(path, checkpoint=checkpoint,
                                        allow_checkpoint_mismatch=allow_checkpoint_mismatch)
-        config = _postprocess_config(metadata, os.fspath(path))
+        config = adapter_postprocess(metadata, f"adapter {os.fspath(path)}")
         return cls.from_model(
             model, postprocess=config, device=device, precision=precision, tile=tile, overlap=overlap,
             batch_size=batch_size, description=f"adapter {os.fspath(path)}",
         )
+
+    @classmethod
+    def from_onnx(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        tile: int | None = None,
+        overlap: int = 64,
+        batch_size: int = 4,
+        threads: int | None = None,
+    ) -> Predictor:
+        """Run a model written by ``nucleisam export --format onnx`` with ONNX Runtime, with the
+        post-processing parameters recorded in it. ``tile`` must be the file's fixed input size
+        (``None``: that size)."""
+        from nucleisam.model.adapter import adapter_postprocess
+        from nucleisam.model.onnx_runtime import OnnxMapFn
+
+        map_fn = OnnxMapFn(path, threads=threads)
+        if tile is not None and tile != map_fn.input_size:
+            raise NucleisamError(
+                f"--tile {tile}: {os.fspath(path)} was exported for {map_fn.input_size}×{map_fn.input_size} "
+                f"tiles; use --tile {map_fn.input_size} or export again with --input-size {tile}."
+            )
+        config = adapter_postprocess(map_fn.metadata, f"model {os.fspath(path)}")
+        return cls(label_fn=_label_fn(config), map_fn=map_fn, tile=map_fn.input_size, overlap=overlap,
+                   batch_size=batch_size, description=f"ONNX model {os.fspath(path)}")
 
     @classmethod
     def classical(cls, *, tile: int = 512, overlap: int = 64, **params: Any) -> Predictor:
