@@ -3,9 +3,21 @@ memory of predicting and exporting an 8192×8192 image.
 
 Usage::
 
-    python benchmarks/predict.py [--sections throughput,exports,memory] [--tiles 6]
+    python benchmarks/predict.py [--sections cpu,profile,throughput,exports,memory] [--tiles 6]
                                  [--memory-size 8192] [--memory-method model|classical] [--device cpu]
+                                 [--compile]
 
+- ``cpu``: today's path against the faster ones, in one run on the same bundled tiles at input 512
+  (NucleiSam, instance head, random weights with a non-zero LoRA update, one tile per call, the
+  paths taking turns tile by tile so that a busy machine slows each alike): *today* = the model as
+  trained (LoRA unmerged) in fp32 eager PyTorch, as ``map_batch`` ran it before the inference copy;
+  *torch* = the inference copy :func:`~nucleisam.model.inference.tile_map_fn` now runs; *onnxruntime*
+  = the file ``nucleisam export`` writes, in ONNX Runtime (``predict --backend onnxruntime``);
+  with ``--compile`` also ``torch.compile`` of the inference copy (compile time reported). Every path's
+  maps are checked against today's (within 1e-4); prints network s/tile, GFLOP/s (FLOPs counted with
+  ``torch.utils.flop_counter``), post-processing s/tile and end-to-end tiles/s, and the speed-up.
+- ``profile``: where one 512 forward of the inference copy spends its time, part by part (CPU time
+  of one thread, FLOPs and GFLOP/s per part).
 - ``throughput``: the bundled 512×512 sample tiles, one tile each, through a randomly initialised
   NucleiSam (instance head) built for input 512 and 1024, post-processing included. Random weights
   give the network's real cost but meaningless maps, so the post-processing is also timed on
@@ -116,6 +128,164 @@ def throughput(count: int, device: str) -> list[dict]:
     return rows
 
 
+def random_lora_model(input_size: int):
+    """NucleiSam (instance head) with random weights and a non-zero LoRA update (as after training)."""
+    import torch
+
+    from nucleisam.model import ModelConfig
+    from nucleisam.model.network import assemble_model
+
+    torch.manual_seed(0)
+    model = assemble_model(ModelConfig(input_size=input_size, weights="none"), state_dict=None,
+                           base_checkpoint_sha256="random")
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("lora_B"):
+                parameter.normal_(0.0, 0.02)
+    return model.eval()
+
+
+def forward_gflop(model, size: int) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+def cpu_paths(count: int, compile_model: bool, threads: int) -> dict:
+    import torch
+
+    from nucleisam.model.export import export_model
+    from nucleisam.model.inference import tile_map_fn
+    from nucleisam.model.onnx_runtime import OnnxMapFn
+    from nucleisam.postprocess import PostprocessConfig, labels_from_maps
+
+    if threads:
+        torch.set_num_threads(threads)
+    size = 512
+    model = random_lora_model(size)
+    tiles = [image[None] for image, _ in sample_tiles(count)]
+    gflop = forward_gflop(model, size)
+
+    def today(batch: np.ndarray) -> dict:  # map_batch before the inference copy: the model as trained
+        with torch.inference_mode():
+            out = model(torch.from_numpy(batch.transpose(0, 3, 1, 2).copy()).float())
+        return {k: (torch.sigmoid(v) if k == "foreground" else v)[:, 0].numpy() for k, v in out.items()}
+
+    paths = {"today (unmerged fp32 eager)": today,
+             "torch (inference copy)": tile_map_fn(model, torch.device("cpu"))}
+    setup = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        export_model(model, Path(tmp) / "model.onnx", "onnx")
+        setup["onnxruntime (exported file)"] = time.perf_counter() - start
+        paths["onnxruntime (exported file)"] = OnnxMapFn(Path(tmp) / "model.onnx", threads=threads or None)
+    if compile_model:
+        from nucleisam.model.prepared import prepare_for_inference
+
+        compiled = torch.compile(prepare_for_inference(model))
+        start = time.perf_counter()
+        with torch.inference_mode():
+            compiled(torch.zeros(1, 3, size, size))
+        setup["torch.compile (inference copy)"] = time.perf_counter() - start
+
+        def run_compiled(batch: np.ndarray) -> dict:
+            with torch.inference_mode():
+                out = compiled(torch.from_numpy(batch.transpose(0, 3, 1, 2).copy()).float())
+            return {k: (torch.sigmoid(v) if k == "foreground" else v)[:, 0].numpy() for k, v in out.items()}
+
+        paths["torch.compile (inference copy)"] = run_compiled
+
+    reference = [today(tile) for tile in tiles]
+    seconds = {name: 0.0 for name in paths}
+    differences = {name: 0.0 for name in paths}
+    for run in paths.values():
+        run(tiles[0])  # warm-up: allocator, oneDNN kernel choice, ORT's first run
+    for index, tile in enumerate(tiles):
+        for name, run in paths.items():  # in turns, so a busy machine slows every path alike
+            start = time.perf_counter()
+            maps = run(tile)
+            seconds[name] += time.perf_counter() - start
+            differences[name] = max(differences[name],
+                                    *(float(np.abs(maps[k] - reference[index][k]).max()) for k in maps))
+    config = PostprocessConfig()
+    start = time.perf_counter()
+    for maps in reference:
+        labels_from_maps({k: v[0] for k, v in maps.items()}, config)
+    post = (time.perf_counter() - start) / len(tiles)
+    base = seconds["today (unmerged fp32 eager)"] / len(tiles)
+    rows = []
+    for name, total in seconds.items():
+        per_tile = total / len(tiles)
+        assert differences[name] <= 1e-4, f"{name}: maps differ from today's by {differences[name]:.2e}"
+        rows.append({"path": name, "network_s_per_tile": per_tile, "gflop_per_s": gflop / per_tile,
+                     "postprocess_s_per_tile": post, "tiles_per_s": 1.0 / (per_tile + post),
+                     "speedup_end_to_end": (base + post) / (per_tile + post),
+                     "max_map_difference": differences[name], "setup_s": setup.get(name, 0.0)})
+    return {"input_size": size, "tiles": len(tiles), "gflop_per_tile": gflop,
+            "threads": threads or f"default (torch {torch.get_num_threads()})", "rows": rows}
+
+
+def profile_parts() -> list[dict]:
+    """CPU time (one thread) and FLOPs of each part of one 512 forward of the inference copy."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nucleisam.model.prepared import prepare_for_inference
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # CPU time of one thread: what each part costs, whatever else runs
+    model = prepare_for_inference(random_lora_model(512))
+    encoder, head = model.image_encoder, model.instance_head
+    stage0 = encoder.layers[0]
+    parts = {"patch embedding + stage 0 (MBConv)": [encoder.patch_embed, *stage0.blocks, stage0.downsample]}
+    for stage in (1, 2, 3):
+        blocks = encoder.layers[stage].blocks
+        parts[f"stage {stage} window attention"] = [block.attn for block in blocks]
+        parts[f"stage {stage} MLP"] = [block.mlp for block in blocks]
+        # Whole blocks; their attention and MLP are taken off below.
+        parts[f"stage {stage} local conv + glue"] = list(blocks)
+        if encoder.layers[stage].downsample is not None:
+            parts[f"stage {stage} patch merging"] = [encoder.layers[stage].downsample]
+    parts["neck"] = [encoder.neck]
+    parts["instance head"] = [head]
+    spent: dict[str, float] = dict.fromkeys(parts, 0.0)
+    started: dict[int, float] = {}
+    for name, modules in parts.items():
+        for module in modules:
+            module.register_forward_pre_hook(lambda m, a: started.__setitem__(id(m), time.process_time()))
+            module.register_forward_hook(lambda m, a, o, name=name: spent.__setitem__(
+                name, spent[name] + time.process_time() - started[id(m)]))
+    image = torch.from_numpy(sample_tiles(1)[0][0].transpose(2, 0, 1).copy())[None].float()
+    names = {id(m): f"NucleiSam.{n}" for n, m in model.named_modules()}
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as counter:
+            model(image)
+        model(image)
+        spent.update(dict.fromkeys(spent, 0.0))
+        start = time.process_time()
+        model(image)
+        total = time.process_time() - start
+    torch.set_num_threads(threads)
+    flops = {key: sum(value.values()) / 1e9 for key, value in counter.get_flop_counts().items()}
+    gflop = {name: sum(flops.get(names[id(m)], 0.0) for m in modules) for name, modules in parts.items()}
+    for stage in (1, 2, 3):
+        for kind in ("window attention", "MLP"):
+            spent[f"stage {stage} local conv + glue"] -= spent[f"stage {stage} {kind}"]
+            gflop[f"stage {stage} local conv + glue"] -= gflop[f"stage {stage} {kind}"]
+    rows = [{"part": name, "seconds": spent[name], "share": spent[name] / total, "gflop": gflop[name],
+             "gflop_per_s": gflop[name] / spent[name] if spent[name] else 0.0} for name in parts]
+    rest = total - sum(spent.values())
+    rows.append({"part": "rest (normalise, pad, crop, sigmoid, reshapes)", "seconds": rest,
+                 "share": rest / total,
+                 "gflop": flops["Global"] - sum(gflop.values()), "gflop_per_s": 0.0})
+    rows.append({"part": "total", "seconds": total, "share": 1.0, "gflop": flops["Global"],
+                 "gflop_per_s": flops["Global"] / total})
+    return rows
+
+
 def child(task: dict) -> dict:
     """Runs in a fresh interpreter so ru_maxrss is this task's peak alone."""
     image, labels = big_image(task["size"])
@@ -160,7 +330,10 @@ def run_child(task: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sections", default="throughput,exports,memory")
+    parser.add_argument("--sections", default="cpu,profile,throughput,exports,memory")
+    parser.add_argument("--compile", action="store_true", help="cpu section: also time torch.compile")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="cpu section: torch and ONNX Runtime threads (default: each library's own)")
     parser.add_argument("--tiles", type=int, default=6, help="sample tiles for the throughput section")
     parser.add_argument("--memory-size", type=int, default=8192)
     parser.add_argument("--memory-method", choices=["model", "classical"], default="model")
@@ -173,7 +346,26 @@ def main() -> None:
         return
 
     sections = args.sections.split(",")
-    report: dict = {"machine": platform.platform(), "python": platform.python_version(), "cpus": _cpus()}
+    report: dict = {"machine": platform.platform(), "processor": _processor(),
+                    "python": platform.python_version(), "cpus": _cpus(), "date": time.strftime("%Y-%m-%d")}
+    if "cpu" in sections:
+        result = report["cpu"] = cpu_paths(args.tiles, args.compile, args.threads)
+        print(f"\ncpu: {result['tiles']} sample tiles at input {result['input_size']}, one per call, "
+              f"{result['gflop_per_tile']:.1f} GFLOP per tile, threads {result['threads']}")
+        print(f"{'path':<32} {'net s/tile':>10} {'GFLOP/s':>8} {'post s/tile':>11} {'tiles/s':>8} "
+              f"{'speed-up':>8} {'max diff':>9} {'setup s':>8}")
+        for row in result["rows"]:
+            print(f"{row['path']:<32} {row['network_s_per_tile']:>10.3f} {row['gflop_per_s']:>8.1f} "
+                  f"{row['postprocess_s_per_tile']:>11.3f} {row['tiles_per_s']:>8.2f} "
+                  f"{row['speedup_end_to_end']:>7.2f}x {row['max_map_difference']:>9.1e} "
+                  f"{row['setup_s']:>8.1f}")
+    if "profile" in sections:
+        rows = report["profile"] = profile_parts()
+        print("\nprofile: one 512 forward of the inference copy, CPU time of one thread")
+        print(f"{'part':<48} {'ms':>7} {'share':>6} {'GFLOP':>6} {'GFLOP/s':>8}")
+        for row in rows:
+            print(f"{row['part']:<48} {1000 * row['seconds']:>7.0f} {row['share']:>6.0%} "
+                  f"{row['gflop']:>6.2f} {row['gflop_per_s']:>8.1f}")
     if "throughput" in sections:
         rows = report["throughput"] = throughput(args.tiles, args.device)
         print(f"\nthroughput: {args.tiles} sample tiles of 512x512, one tile per image")
@@ -200,6 +392,16 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def _processor() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def _cpus() -> int:

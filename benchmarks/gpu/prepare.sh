@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Run where pip reaches PyPI: downloads the wheels an offline CUDA machine lacks into
+# benchmarks/gpu/wheels/ (git-ignored), for CPython 3.12 on manylinux x86-64. Copy the repository
+# with that folder to the GPU machine and run `bash benchmarks/gpu.sh` there.
+#
+# The GPU machine is assumed to have Python 3.12 with torch (CUDA), numpy (2.x), scipy,
+# scikit-image (and so Pillow, packaging), tifffile, safetensors, PyYAML and onnxruntime. It lacks
+# kornia (MobileSAM) and kornia-rs, and whatever else `import nucleisam` and the slide engine need:
+# imagecodecs, tqdm, matplotlib and its dependencies, OpenSlide (python + the -bin library) and
+# zarr 3 with its dependencies. Versions are exact, the ones the test suite runs with; --no-deps,
+# so that nothing the machine already has (torch above all) is downloaded again.
+set -euo pipefail
+cd "$(dirname "$0")"
+PIP=${PIP:-pip}
+DEST=${1:-wheels}
+WHEELS=(
+    kornia==0.9.0 kornia-rs==0.2.0
+    imagecodecs==2026.3.6 tqdm==4.70.1
+    matplotlib==3.11.2 contourpy==1.3.3 cycler==0.12.1 fonttools==4.68.0 kiwisolver==1.5.1
+    pyparsing==3.3.3 python-dateutil==4.0.0 tzdata==2026.6
+    openslide-python==1.4.7 openslide-bin==4.0.1.2
+    zarr==3.4.2 numcodecs==0.17.1 donfig==0.8.1.post1 google-crc32c==1.9.0 msgspec==0.23.0
+)
+mkdir -p "$DEST"
+"$PIP" download --only-binary=:all: --no-deps --dest "$DEST" \
+    --python-version 3.12 --implementation cp --abi cp312 --abi abi3 --abi none \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 \
+    "${WHEELS[@]}"
+echo "$(ls "$DEST"/*.whl | wc -l) wheels in $DEST ($(du -sh "$DEST" | cut -f1)); next, on the GPU machine: bash benchmarks/gpu.sh"
