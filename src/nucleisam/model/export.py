@@ -20,6 +20,7 @@ when the adapter records it) and where the model came from.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import warnings
@@ -36,7 +37,7 @@ from nucleisam.model.heads import INSTANCE_MAPS
 from nucleisam.model.mobilesam import check_input_size
 from nucleisam.model.network import NucleiSam
 from nucleisam.model.prepared import prepare_for_inference
-from nucleisam.utils.atomic import atomic_output
+from nucleisam.utils.atomic import atomic_output, write_bytes_atomic
 from nucleisam.utils.download import file_sha256
 
 FORMATS: tuple[str, ...] = ("onnx", "torchscript")
@@ -58,7 +59,13 @@ class ExportedNetwork(nn.Module):
 
     def __init__(self, model: NucleiSam) -> None:
         super().__init__()
-        self.network = prepare_for_inference(model).cpu().float()
+        network = prepare_for_inference(model).cpu().float()
+        # Parts the forward never runs stay out of the file: TinyViT's ImageNet classifier, and SAM's
+        # prompt encoder and mask decoder under the instance head.
+        network.image_encoder.norm_head = network.image_encoder.head = None
+        if model.config.head == "instance":
+            network.prompt_encoder = network.mask_decoder = None
+        self.network = network
         self.names = output_names(model)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -165,8 +172,9 @@ def _write_torchscript(network: ExportedNetwork, example: torch.Tensor, path: st
     with torch.no_grad():
         traced = torch.jit.trace(network, (example,), check_trace=False)
     extra = {TORCHSCRIPT_METADATA_FILE: json.dumps(metadata, allow_nan=False)}
-    with atomic_output(path) as tmp:
-        torch.jit.save(traced, str(tmp), _extra_files=extra)
+    buffer = io.BytesIO()  # saved to memory first: the archive's folder is then "archive", not a temp name
+    torch.jit.save(traced, buffer, _extra_files=extra)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def export_adapter(
