@@ -2,7 +2,9 @@
 
 Everything the tool writes goes to a temporary file in the destination folder first and is renamed
 into place with :func:`os.replace` (atomic on POSIX and Windows within one file system), so an
-interrupted run never leaves a truncated CSV, TIFF or checkpoint behind.
+interrupted run never leaves a truncated CSV, TIFF or checkpoint behind. The file gets the
+permissions an ordinary write would give it: those of the file it replaces, else 0666 less the
+process umask (0644 under the usual umask 022), so colleagues and services can read the results.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,12 +40,37 @@ def ensure_output_dir(path: str | os.PathLike[str], *, option: str = "--out") ->
     return directory
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the system allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    # Elsewhere the only way to read it is to set it; set it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _final_mode(target: Path) -> int:
+    """Permission bits for the file that will appear at ``target``."""
+    try:
+        return stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds.
 
     Writers that want a file name (tifffile, matplotlib, safetensors) write to the yielded path.
-    On any exception the temporary file is removed and ``path`` is left untouched.
+    On any exception the temporary file is removed and ``path`` is left untouched. The result
+    keeps the mode of the file it replaces, else gets 0666 less the umask (``mkstemp`` alone
+    would give every output 0600).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -51,6 +79,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, _final_mode(target))
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

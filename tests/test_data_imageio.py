@@ -1,4 +1,4 @@
-"""Image reading into RGB uint8 and atomic writes (shared by every stage)."""
+"""Image reading into RGB uint8."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from PIL import Image
 
 from nucleisam.data import read_rgb
 from nucleisam.errors import NucleisamError
-from nucleisam.utils.atomic import atomic_output, ensure_output_dir, write_json_atomic
 
 
 def test_sample_png_reads_as_rgb_uint8(sample_root: Path) -> None:
@@ -49,20 +48,3 @@ def test_grayscale_and_corrupt_images_are_clear_errors(tmp_path: Path) -> None:
         read_rgb(tmp_path / "fake.png")
     with pytest.raises(NucleisamError, match="not found"):
         read_rgb(tmp_path / "missing.png")
-
-
-def test_atomic_output_leaves_nothing_on_failure(tmp_path: Path) -> None:
-    target = tmp_path / "result.json"
-    write_json_atomic(target, {"a": 1})
-    with pytest.raises(RuntimeError), atomic_output(target) as tmp:
-        tmp.write_text("half-written")
-        raise RuntimeError("crash mid-write")
-    assert target.read_text() == '{\n  "a": 1\n}\n'
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
-
-
-def test_unwritable_output_dir_is_clear_error(tmp_path: Path) -> None:
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    with pytest.raises(NucleisamError, match="--out"):
-        ensure_output_dir(blocker / "sub")
