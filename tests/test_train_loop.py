@@ -333,9 +333,29 @@ def test_resume_refuses_other_base_weights_and_malicious_state(tmp_path: Path) -
             return (os.system, (f"touch {tmp_path / 'pwned'}",))
 
     torch.save({"format": 1, "payload": Exploit()}, tmp_path / "run" / "checkpoint" / "train_state.pt")
-    with pytest.raises(NucleisamError, match="cannot read checkpoint"):
+    with pytest.raises(NucleisamError, match="cannot read checkpoint") as caught:
         read_train_state(tmp_path / "run" / "checkpoint")
     assert not (tmp_path / "pwned").exists()
+    assert "weights_only" not in str(caught.value)
+
+
+def test_resume_from_an_incomplete_train_state_is_a_clear_error(tmp_path: Path) -> None:
+    """A train_state.pt without its optimiser (edited, or written by something else) is named, not a
+    KeyError from the middle of the loop."""
+    data = dataset(tmp_path / "data", count=2)
+    config = TrainConfig(**dict(TINY, epochs=1))
+    fit(make_model(), data, config, out_dir=tmp_path / "run")
+    state_file = tmp_path / "run" / "checkpoint" / "train_state.pt"
+    state = torch.load(state_file, weights_only=True)
+    del state["optimizer"]
+    torch.save(state, state_file)
+    with pytest.raises(NucleisamError, match=r"train_state\.pt lacks optimizer"):
+        fit(make_model(), data, config, out_dir=tmp_path / "run", resume=True)
+    del state["history"]
+    state["optimizer"] = {}
+    torch.save(state, state_file)
+    with pytest.raises(NucleisamError, match=r"lacks history"):
+        fit(make_model(), data, config, out_dir=tmp_path / "run", resume=True)
 
 
 def test_torchrun_environment_detection(monkeypatch: pytest.MonkeyPatch) -> None:
