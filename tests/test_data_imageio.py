@@ -48,3 +48,28 @@ def test_grayscale_and_corrupt_images_are_clear_errors(tmp_path: Path) -> None:
         read_rgb(tmp_path / "fake.png")
     with pytest.raises(NucleisamError, match="not found"):
         read_rgb(tmp_path / "missing.png")
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_truncated_tiff_is_one_clear_error_and_nothing_else_on_stderr(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], compression: str | None
+) -> None:
+    """Cut-off TIFFs fail inside tifffile or imagecodecs with their own exception types and log
+    warnings; the user sees only the error naming the file."""
+    from nucleisam.data import read_label_map
+
+    rng = np.random.default_rng(0)
+    image = tmp_path / "slide.tif"
+    labels = tmp_path / "labels.tif"
+    tifffile.imwrite(image, rng.integers(0, 255, (512, 512, 3), np.uint8), tile=(256, 256),
+                     compression=compression)
+    tifffile.imwrite(labels, rng.integers(0, 60000, (512, 512), np.uint16), tile=(256, 256),
+                     compression=compression)
+    for path in (image, labels):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(NucleisamError, match=r"cannot read image .*slide\.tif"):
+        read_rgb(image)
+    with pytest.raises(NucleisamError, match=r"cannot read label map .*labels\.tif"):
+        read_label_map(labels)
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -128,7 +129,14 @@ def format_summary(summary: DatasetSummary) -> str:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    summary = summarize(_open(args))
+    dataset = _open(args)
+    summary = summarize(dataset)
+    if summary.problems and summary.images == 0:
+        # Nothing usable is an error with or without --strict: usually one option fits no file.
+        listing = "\n  - ".join(summary.problems)
+        raise NucleisamError(f"no usable images: {len(summary.problems)} problem(s):\n  - {listing}")
+    if args.strict and summary.problems:
+        dataclasses.replace(dataset, problems=summary.problems).raise_for_problems()
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
     else:
