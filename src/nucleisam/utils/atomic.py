@@ -10,6 +10,7 @@ process umask (0644 under the usual umask 022), so colleagues and services can r
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import stat
@@ -18,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from nucleisam.errors import NucleisamError
+from nucleisam.errors import NucleisamError, describe_os_error, os_error_number
 
 
 def ensure_output_dir(path: str | os.PathLike[str], *, option: str = "--out") -> Path:
@@ -28,15 +29,14 @@ def ensure_output_dir(path: str | os.PathLike[str], *, option: str = "--out") ->
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise NucleisamError(
-            f"cannot create output folder {directory} ({option}): {exc.strerror or exc}. "
-            "Choose a folder you can write to."
+            f"cannot create output folder ({option}) {describe_os_error(exc.errno or 0, directory)}"
         ) from exc
     if not directory.is_dir():
         raise NucleisamError(f"output path {directory} ({option}) exists and is not a folder.")
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise NucleisamError(
-            f"output folder {directory} ({option}) is not writable. Choose a folder you can write to."
-        )
+        read_only = hasattr(os, "statvfs") and os.statvfs(directory).f_flag & os.ST_RDONLY
+        number = errno.EROFS if read_only else errno.EACCES
+        raise NucleisamError(f"output folder ({option}) {describe_os_error(number, directory)}")
     return directory
 
 
@@ -68,22 +68,32 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds.
 
     Writers that want a file name (tifffile, matplotlib, safetensors) write to the yielded path.
-    On any exception the temporary file is removed and ``path`` is left untouched. The result
+    On any exception the temporary file is removed and ``path`` is left untouched; an
+    operating-system failure (full disk, read-only or vanished folder, I/O error), whichever library
+    met it, becomes a one-line :class:`NucleisamError` naming ``path``. The result
     keeps the mode of the file it replaces, else gets 0666 less the umask (``mkstemp`` alone
     would give every output 0600).
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise NucleisamError(f"cannot write {describe_os_error(exc.errno or 0, target)}") from exc
     tmp = Path(tmp_name)
     try:
         yield tmp
         os.chmod(tmp, _final_mode(target))
         os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             tmp.unlink()
+        number = None if isinstance(exc, NucleisamError | KeyboardInterrupt) else os_error_number(exc)
+        if number is not None:
+            raise NucleisamError(
+                f"cannot write {describe_os_error(number, target)}; nothing was written there."
+            ) from exc
         raise
 
 
