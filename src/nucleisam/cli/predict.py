@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from nucleisam.errors import NucleisamError
-from nucleisam.exports import EXPORT_FORMATS, check_outputs_free, output_paths, parse_formats
-from nucleisam.utils.atomic import ensure_output_dir
+from nucleisam.exports import EXPORT_FORMATS, output_paths, parse_formats
+from nucleisam.utils.atomic import check_outputs_free, ensure_output_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -15,7 +15,7 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +112,16 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
 def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, indent: int = 2) -> Path:
     """Write ``obj`` as JSON (keys in insertion order, trailing newline) atomically."""
     return write_text_atomic(path, json.dumps(obj, indent=indent, allow_nan=True) + "\n")
+
+
+def check_outputs_free(paths: Iterable[str | os.PathLike[str]], *, overwrite: bool) -> None:
+    """Raise :class:`NucleisamError` naming the first path that exists, unless ``overwrite``: no
+    command replaces earlier results unless asked to."""
+    if overwrite:
+        return
+    for path in paths:
+        if Path(path).exists():
+            raise NucleisamError(
+                f"output file {path} already exists; pass --overwrite (overwrite=True) to replace it "
+                "or choose another --out folder."
+            )
