@@ -1,10 +1,10 @@
 """The classical baseline every report stands beside: hematoxylin thresholding plus watershed.
 
 What a pathologist would otherwise use (QuPath's built-in cell detection works this way): separate
-the hematoxylin stain by colour deconvolution (Ruifrok & Johnston, via
-:func:`skimage.color.rgb2hed`), smooth it, threshold it (Otsu by default, never below a floor so a
-blank tile stays blank), fill holes, split touching nuclei at the peaks of the distance transform
-with the same splitter the model's post-processing uses
+the hematoxylin stain by colour deconvolution (Ruifrok & Johnston, skimage's matrix, via
+:func:`nucleisam.morphometry.hematoxylin_density`), smooth it, threshold it (Otsu by default, never
+below a floor so a blank tile stays blank), fill holes, split touching nuclei at the peaks of the
+distance transform with the same splitter the model's post-processing uses
 (:func:`nucleisam.postprocess.split_by_distance_peaks`), and drop specks. :func:`tune_classical` picks
 the parameters on validation images with the model's own search (:func:`tune_postprocess`); the
 ``cv`` runner and ``nucleisam baseline`` (:mod:`nucleisam.experiments.classical_cv`) both use it.
