@@ -272,7 +272,9 @@ class TiffSlide(SlideImage):
 
     backend = "tifffile"
 
-    def __init__(self, path: Path, tif: tifffile.TiffFile, *, mpp: float | None, mpp_source: str | None):
+    def __init__(
+        self, path: Path, tif: tifffile.TiffFile, *, mpp: float | None, mpp_source: str | None
+    ) -> None:
         import zarr
 
         series = tif.series[0]
