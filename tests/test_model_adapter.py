@@ -10,8 +10,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from nucleisam.data import NUINSSEG_MPP
 from nucleisam.errors import NucleisamError
-from nucleisam.model import ModelConfig, build_model, load_adapter, read_adapter_metadata, save_adapter
+from nucleisam.model import (
+    ModelConfig,
+    adapter_train_mpp,
+    build_model,
+    load_adapter,
+    read_adapter_metadata,
+    save_adapter,
+)
 from nucleisam.model.checkpoint import file_sha256
 from nucleisam.model.lora import lora_layers
 from nucleisam.model.mobilesam import build_mobilesam
@@ -144,3 +152,25 @@ def test_extra_metadata_cannot_overwrite_reserved_keys(tmp_path) -> None:
     assert not (tmp_path / "a.safetensors").exists()
     path = save_adapter(model, tmp_path / "b.safetensors", extra_metadata={"training": {"epochs": 3}})
     assert json.loads(json.dumps(read_adapter_metadata(path)))["training"] == {"epochs": 3}
+
+
+def test_training_resolution_is_recorded_and_defaults_for_older_adapters(tmp_path) -> None:
+    config = ModelConfig(mode="decoder", head="sam", input_size=256, weights="none")
+    model = assemble_model(config, state_dict=None, base_checkpoint_sha256="random").eval()
+    default = save_adapter(model, tmp_path / "default.safetensors")
+    assert read_adapter_metadata(default)["train_mpp"] == NUINSSEG_MPP == 0.25
+    half = save_adapter(model, tmp_path / "half.safetensors", train_mpp=0.5)
+    assert adapter_train_mpp(read_adapter_metadata(half)) == 0.5
+    # An adapter written before train_mpp existed (all were trained on NuInsSeg) reads as NuInsSeg's.
+    with safe_open(str(half), framework="pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        metadata = json.loads(handle.metadata()["nucleisam"])
+    del metadata["train_mpp"]
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata={"nucleisam": json.dumps(metadata)})
+    old = read_adapter_metadata(tmp_path / "old.safetensors")
+    assert "train_mpp" not in old and adapter_train_mpp(old) == NUINSSEG_MPP
+    with pytest.raises(ValueError, match="train_mpp"):
+        save_adapter(model, tmp_path / "bad.safetensors", train_mpp=0.0)
+    with pytest.raises(ValueError, match="reserved"):
+        save_adapter(model, tmp_path / "bad.safetensors", extra_metadata={"train_mpp": 0.5})
+    assert not (tmp_path / "bad.safetensors").exists()

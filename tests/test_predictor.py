@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from nucleisam.classical import classical_instances
-from nucleisam.data import read_rgb
+from nucleisam.classical import CLASSICAL_MPP, classical_instances
+from nucleisam.data import NUINSSEG_MPP, read_rgb
 from nucleisam.errors import NucleisamError
 from nucleisam.model import ModelConfig, NucleiSam, save_adapter
 from nucleisam.model.inference import tile_map_fn
@@ -103,6 +103,14 @@ def test_from_adapter_applies_the_recorded_postprocessing(nucleisam: NucleiSam, 
     # The adapter reloads the same network.
     direct = Predictor.from_model(nucleisam, tile=256).predict(small, return_maps=True)
     np.testing.assert_allclose(result.maps["foreground"], direct.maps["foreground"], atol=1e-5)
+
+
+def test_predictors_report_the_resolution_they_expect(nucleisam: NucleiSam, tmp_path) -> None:
+    adapter = save_adapter(nucleisam, tmp_path / "half.safetensors", train_mpp=0.5)
+    assert Predictor.from_adapter(adapter, tile=256, overlap=32).mpp == 0.5
+    assert Predictor.from_model(nucleisam, tile=256).mpp == NUINSSEG_MPP
+    assert Predictor.classical().mpp == CLASSICAL_MPP == NUINSSEG_MPP
+    assert Predictor(label_fn=distance_watershed).mpp is None
 
 
 def test_adapter_with_unknown_postprocessing_parameters_is_refused(nucleisam: NucleiSam, tmp_path) -> None:

@@ -22,6 +22,7 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 
 from nucleisam.data.imageio import to_rgb_uint8
+from nucleisam.data.slides import NUINSSEG_MPP
 from nucleisam.errors import NucleisamError
 from nucleisam.morphometry import hematoxylin_density
 from nucleisam.postprocess import (
@@ -31,6 +32,10 @@ from nucleisam.postprocess import (
     split_by_distance_peaks,
     tune_postprocess,
 )
+
+#: Resolution the baseline works at, in µm per pixel: its sizes (smoothing, minimum area, peak
+#: height) are in pixels and were chosen and tuned on NuInsSeg tiles, so slides are read at that scale.
+CLASSICAL_MPP = NUINSSEG_MPP
 
 #: Values tried per parameter when tuning the baseline on a fold's validation images.
 CLASSICAL_SEARCH_SPACE: dict[str, tuple[Any, ...]] = {

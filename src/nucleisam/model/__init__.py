@@ -4,7 +4,7 @@ Public API: :class:`ModelConfig`, :class:`LoraConfig`, :func:`build_model` → :
 :func:`save_adapter`, :func:`load_adapter`, :func:`download_checkpoint`.
 """
 
-from nucleisam.model.adapter import load_adapter, read_adapter_metadata, save_adapter
+from nucleisam.model.adapter import adapter_train_mpp, load_adapter, read_adapter_metadata, save_adapter
 from nucleisam.model.checkpoint import (
     CHECKPOINT_SHA256,
     CHECKPOINT_URL,
@@ -22,6 +22,7 @@ __all__ = [
     "LoraConfig",
     "ModelConfig",
     "NucleiSam",
+    "adapter_train_mpp",
     "build_model",
     "default_checkpoint_path",
     "download_checkpoint",

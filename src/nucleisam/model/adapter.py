@@ -2,7 +2,8 @@
 
 An adapter holds only what training changed (LoRA matrices, the head, and in ``full`` mode the
 encoder) plus enough metadata to rebuild the network around it: the model configuration, the sha256
-of the base checkpoint it was trained on, the input normalisation, and whatever the caller adds
+of the base checkpoint it was trained on, the input normalisation, the resolution of its training
+images (``train_mpp``, so slides are read at the scale the model knows), and whatever the caller adds
 (post-processing parameters, training summary). When the base weights were random there is no
 checkpoint to rebuild them from, so the file then holds every weight.
 
@@ -12,6 +13,7 @@ The metadata is one JSON document stored under the ``nucleisam`` key of the safe
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -22,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from nucleisam import __version__
+from nucleisam.data.slides import NUINSSEG_MPP
 from nucleisam.errors import NucleisamError
 from nucleisam.model.mobilesam import SAM_PIXEL_MEAN, SAM_PIXEL_STD
 from nucleisam.model.network import (
@@ -38,7 +41,10 @@ FORMAT_VERSION = 1
 METADATA_KEY = "nucleisam"
 #: Metadata keys written by :func:`save_adapter`; ``extra_metadata`` may not override them.
 RESERVED_KEYS = frozenset(
-    {"format", "format_version", "nucleisam_version", "base_checkpoint_sha256", "contents", "model", "input"}
+    {
+        "format", "format_version", "nucleisam_version", "base_checkpoint_sha256", "contents", "model",
+        "input", "train_mpp",
+    }
 )
 
 
@@ -63,7 +69,11 @@ def adapter_tensors(model: NucleiSam) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(
-    model: NucleiSam, path: str | os.PathLike[str], *, extra_metadata: dict[str, Any] | None = None
+    model: NucleiSam,
+    path: str | os.PathLike[str],
+    *,
+    extra_metadata: dict[str, Any] | None = None,
+    train_mpp: float = NUINSSEG_MPP,
 ) -> Path:
     """Write ``model``'s fine-tuned tensors and metadata to ``path`` (atomically).
 
@@ -72,6 +82,7 @@ def save_adapter(
             write and merged again after).
         path: destination, conventionally ``*.safetensors``.
         extra_metadata: JSON-serialisable entries added to the metadata, e.g. ``{"postprocess": {...}}``.
+        train_mpp: microns per pixel of the training images (default NuInsSeg's scan resolution).
     Returns:
         ``path``.
     """
@@ -79,6 +90,8 @@ def save_adapter(
     clash = sorted(RESERVED_KEYS & set(extra))
     if clash:
         raise ValueError(f"extra_metadata may not set reserved keys {clash}")
+    if not (math.isfinite(train_mpp) and train_mpp > 0):
+        raise ValueError(f"train_mpp must be a positive number of microns per pixel, got {train_mpp}")
     metadata: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -92,6 +105,7 @@ def save_adapter(
             "pixel_std": list(SAM_PIXEL_STD),
             "resize": f"longest side to {model.config.input_size} (bilinear), zero-pad bottom/right",
         },
+        "train_mpp": float(train_mpp),
         **extra,
     }
     header = {METADATA_KEY: json.dumps(metadata, allow_nan=False)}
@@ -138,6 +152,12 @@ def read_adapter_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"nucleisam ({__version__}) reads {FORMAT} v{FORMAT_VERSION}. Upgrade nucleisam."
         )
     return metadata
+
+
+def adapter_train_mpp(metadata: dict[str, Any]) -> float:
+    """Microns per pixel of the images an adapter was trained on; adapters written before the value
+    was recorded were all trained on NuInsSeg, so they get its scan resolution."""
+    return float(metadata.get("train_mpp", NUINSSEG_MPP))
 
 
 def load_adapter(
