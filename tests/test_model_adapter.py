@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,8 +12,17 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from nucleisam.config import ModelConfig, PostprocessConfig, to_dict
 from nucleisam.errors import NucleisamError
-from nucleisam.model import ModelConfig, build_model, load_adapter, read_adapter_metadata, save_adapter
+from nucleisam.model import (
+    adapter_model_config,
+    adapter_postprocess,
+    build_model,
+    load_adapter,
+    read_adapter_metadata,
+    save_adapter,
+)
+from nucleisam.model.adapter import METADATA_KEY
 from nucleisam.model.checkpoint import file_sha256
 from nucleisam.model.lora import lora_layers
 from nucleisam.model.mobilesam import build_mobilesam
@@ -20,6 +31,19 @@ from nucleisam.model.network import assemble_model
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 POSTPROCESS = {"threshold": 0.42, "min_area": 12, "seed_distance": 0.35}
+#: The ``model`` entries adapters have carried since the first release, key for key (and in order):
+#: adapters saved by any earlier nucleisam must keep loading.
+RELEASED_LORA_INSTANCE = {
+    "mode": "lora",
+    "head": "instance",
+    "input_size": 256,
+    "lora": {"rank": 4, "alpha": 4.0, "dropout": 0.0, "targets": ["qkv", "proj", "fc1", "fc2"],
+             "blocks": None},
+    "head_widths": [128, 96, 64, 32, 8],
+}
+RELEASED_DECODER_SAM = {
+    "mode": "decoder", "head": "sam", "input_size": 256, "lora": None, "head_widths": None
+}
 
 
 def built(head: str, checkpoint: Path):
@@ -56,6 +80,7 @@ def test_lora_instance_adapter_round_trip_is_identical(synthetic_checkpoint, tmp
     assert metadata["base_checkpoint_sha256"] == file_sha256(synthetic_checkpoint)
     assert metadata["model"]["mode"] == "lora" and metadata["model"]["input_size"] == 256
     assert metadata["model"]["lora"]["rank"] == 4 and metadata["input"]["pixel_mean"][0] == 123.675
+    assert list(metadata["model"].items()) == list(RELEASED_LORA_INSTANCE.items())
     assert loaded.config == model.config
     with torch.no_grad():
         expected, actual = model(images()), loaded(images())
@@ -71,6 +96,7 @@ def test_random_base_adapter_holds_every_weight(tmp_path) -> None:
     path = save_adapter(model, tmp_path / "random.safetensors")
     metadata = read_adapter_metadata(path)
     assert metadata["base_checkpoint_sha256"] == "random" and metadata["contents"] == "all"
+    assert list(metadata["model"].items()) == list(RELEASED_DECODER_SAM.items())
     loaded, _ = load_adapter(path)  # no checkpoint needed (and no network)
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
@@ -144,3 +170,60 @@ def test_extra_metadata_cannot_overwrite_reserved_keys(tmp_path) -> None:
     assert not (tmp_path / "a.safetensors").exists()
     path = save_adapter(model, tmp_path / "b.safetensors", extra_metadata={"training": {"epochs": 3}})
     assert json.loads(json.dumps(read_adapter_metadata(path)))["training"] == {"epochs": 3}
+
+
+@pytest.fixture(scope="module")
+def random_lora_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An adapter of a random-base LoRA model with the instance head (input 256), built once."""
+    config = ModelConfig(mode="lora", head="instance", input_size=256, weights="none")
+    model = assemble_model(config, state_dict=None, base_checkpoint_sha256="random")
+    return save_adapter(model, tmp_path_factory.mktemp("adapter") / "lora.safetensors")
+
+
+def rewrite_metadata(path: Path, metadata: object) -> None:
+    """Replace an adapter's JSON metadata, keeping its tensors (a damaged or hand-edited file)."""
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    save_file(tensors or {"x": torch.zeros(1)}, str(path), metadata={METADATA_KEY: json.dumps(metadata)})
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"model": {**RELEASED_LORA_INSTANCE, "lora": {"rank": 0}}}, "'model.lora.rank' must be an integer"),
+        ({"model": {**RELEASED_LORA_INSTANCE, "lora": {"rank": "4"}}}, "'model.lora.rank': got '4'"),
+        ({"model": {**RELEASED_LORA_INSTANCE, "input_size": 1000}}, "input size 1000 is not valid"),
+        ({"model": {**RELEASED_LORA_INSTANCE, "mode": None}}, "'model.mode': got None"),
+        ({"model": {**RELEASED_LORA_INSTANCE, "heads": "sam"}}, "unknown configuration key 'model.heads'"),
+        ({"model": [1, 2]}, "metadata key 'model' must be a mapping"),
+        ({"model": None}, "metadata key 'model' must be a mapping"),
+        ({"postprocess": {"min_area": -1}}, "'postprocess.min_area' must be a whole number"),
+    ],
+)
+def test_bad_metadata_names_the_file_and_the_key(
+    random_lora_adapter: Path, tmp_path: Path, change: dict, fragment: str
+) -> None:
+    path = tmp_path / "edited.safetensors"
+    shutil.copy(random_lora_adapter, path)
+    rewrite_metadata(path, {**read_adapter_metadata(path), **change})
+    with pytest.raises(NucleisamError) as info:
+        metadata = read_adapter_metadata(path)
+        adapter_model_config(metadata, path)
+        adapter_postprocess(metadata, path)
+    assert str(path) in str(info.value) and fragment in str(info.value)
+    if "postprocess" not in change:  # loading checks the model entry before building anything
+        with pytest.raises(NucleisamError, match=re.escape(str(path))):
+            load_adapter(path)
+
+
+def test_metadata_sections_read_back_as_saved(random_lora_adapter: Path, tmp_path: Path) -> None:
+    path = tmp_path / "tuned.safetensors"
+    shutil.copy(random_lora_adapter, path)
+    tuned = PostprocessConfig(foreground_threshold=0.45, min_area=3)
+    rewrite_metadata(path, {**read_adapter_metadata(path), "postprocess": to_dict(tuned)})
+    metadata = read_adapter_metadata(path)
+    config = ModelConfig(mode="lora", head="instance", input_size=256, weights="none")
+    assert adapter_model_config(metadata, path, weights="none") == config
+    assert adapter_postprocess(metadata, path) == tuned
+    assert adapter_postprocess({**metadata, "postprocess": None}, path) == PostprocessConfig()
+

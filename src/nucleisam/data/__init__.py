@@ -1,7 +1,6 @@
 """Data layer: readers (NuInsSeg, folders, XML), folds, transforms, augmentation, training targets."""
 
 from nucleisam.data.aperio_xml import rasterize_polygons, read_xml_instances, read_xml_polygons
-from nucleisam.data.config import DataConfig
 from nucleisam.data.datasets import (
     Dataset,
     Sample,
@@ -38,7 +37,6 @@ __all__ = [
     "LABEL_SUFFIXES",
     "Augmented",
     "Augmenter",
-    "DataConfig",
     "Dataset",
     "DatasetSummary",
     "Fold",

@@ -1,9 +1,11 @@
-"""Typed configuration: dataclass trees filled from YAML/TOML files and ``--set key=value`` overrides.
+"""The configuration mechanism: dataclass trees filled from YAML/TOML files and ``--set key=value``.
 
-Every stage keeps its options in a dataclass with defaults. This module turns plain nested dicts
-(parsed from a file or built from overrides) into those dataclasses with strict checking, so that a
-misspelt key or a wrong type fails early with a message naming the key and what is allowed, and
-turns them back into plain dicts for saving next to the results.
+Every section of a run's configuration is a frozen dataclass with defaults (:mod:`nucleisam.config`
+holds them all). This module turns plain nested dicts (parsed from a file, built from overrides or
+read from an adapter's metadata) into those dataclasses with strict checking, so that a misspelt key
+or a wrong type fails early with a message naming the dotted key and what is allowed, and turns them
+back into plain dicts for saving next to the results. Range checks live in each section's
+``__post_init__`` (:func:`require`), so a section built in Python is checked the same way.
 
 Supported field types: ``bool``, ``int``, ``float``, ``str``, ``Literal[...]``, ``X | None``,
 ``tuple[X, ...]``, ``tuple[X, Y]``, ``list[X]``, ``dict[str, X]`` and nested dataclasses.
@@ -31,11 +33,20 @@ T = TypeVar("T")
 CONFIG_SUFFIXES = (".yaml", ".yml", ".toml")
 
 
+class ConfigError(NucleisamError):
+    """A configuration value at fault. ``key`` is its dotted key (``model.lora.rank``), so that a
+    front end can name its own way of setting it (the CLI's option) next to the message."""
+
+    def __init__(self, message: str, key: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 def require(condition: bool, key: str, rule: str, value: object) -> None:
-    """Raise :class:`NucleisamError` "configuration key '<key>' must be <rule>" unless ``condition``
+    """Raise :class:`ConfigError` "configuration key '<key>' must be <rule>" unless ``condition``
     (the range checks of every configuration dataclass's ``__post_init__``)."""
     if not condition:
-        raise NucleisamError(f"configuration key '{key}' must be {rule} (got {value!r}).")
+        raise ConfigError(f"configuration key '{key}' must be {rule} (got {value!r}).", key)
 
 
 @functools.cache
@@ -60,10 +71,11 @@ def _type_name(tp: Any) -> str:
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp`` and return it in canonical form."""
 
-    def fail(expected: str | None = None) -> NucleisamError:
-        return NucleisamError(
+    def fail(expected: str | None = None) -> ConfigError:
+        return ConfigError(
             f"configuration key '{key}': got {value!r} ({type(value).__name__}), "
-            f"expected {expected or _type_name(tp)}."
+            f"expected {expected or _type_name(tp)}.",
+            key,
         )
 
     origin = typing.get_origin(tp)
@@ -144,18 +156,19 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, prefix: str = "") -> T:
     """Build the dataclass ``cls`` from a (nested) mapping; missing keys keep their defaults.
 
-    Raises :class:`NucleisamError` naming the dotted key for an unknown key (listing the allowed
-    ones) or a value of the wrong type.
+    ``prefix`` is the dotted key of the section (``"model"``), so errors name the full key.
+    Raises :class:`ConfigError` naming the dotted key for an unknown key (listing the allowed
+    ones), a value of the wrong type, or one out of range.
     """
     data = dict(data or {})
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     hints = _field_types(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        where = f"'{prefix}.{unknown[0]}'" if prefix else f"'{unknown[0]}'"
+        where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
         section = f" in section '{prefix}'" if prefix else ""
-        raise NucleisamError(
-            f"unknown configuration key {where}{section}. Allowed keys: {', '.join(fields)}."
+        raise ConfigError(
+            f"unknown configuration key '{where}'{section}. Allowed keys: {', '.join(fields)}.", where
         )
     kwargs = {}
     for name, value in data.items():
@@ -164,7 +177,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, prefix: str = "")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise NucleisamError(f"invalid configuration{f' in {prefix!r}' if prefix else ''}: {exc}") from exc
+        where = f" in {prefix!r}" if prefix else ""
+        raise ConfigError(f"invalid configuration{where}: {exc}", prefix) from exc
 
 
 def to_dict(obj: Any) -> Any:
@@ -184,7 +198,7 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Parse a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file into a dict (empty file → {})."""
     file = Path(path)
     if not file.is_file():
-        raise NucleisamError(f"configuration file not found: {file} (--config).")
+        raise NucleisamError(f"configuration file not found: {file}.")
     suffix = file.suffix.lower()
     if suffix not in CONFIG_SUFFIXES:
         raise NucleisamError(

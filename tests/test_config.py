@@ -1,4 +1,4 @@
-"""Configuration tree: files, overrides, type checking, round trip."""
+"""The configuration mechanism: files, overrides, type checking, round trip; the shipped run configs."""
 
 from __future__ import annotations
 
@@ -9,9 +9,16 @@ from typing import Literal
 import pytest
 import yaml
 
-from nucleisam.config import apply_overrides, from_dict, load_config, save_config, to_dict
+from nucleisam.config import (
+    Config,
+    apply_overrides,
+    from_dict,
+    load_config,
+    load_run_config,
+    save_config,
+    to_dict,
+)
 from nucleisam.errors import NucleisamError
-from nucleisam.train.config import Config, load_run_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,3 +163,4 @@ def test_model_section_resolves_after_overrides() -> None:
     assert config.model.head == "sam" and config.model.lora.alpha == 1.0
     with pytest.raises(NucleisamError, match=r"'model\.lora\.rank'"):
         load_run_config(None, ["model.lora.rank=x"])
+
