@@ -140,9 +140,13 @@ def test_whole_numbers_and_lists_are_accepted_as_written_in_yaml() -> None:
 @pytest.mark.parametrize(
     ("override", "key", "expected"),
     [
+        ("train.lr=.nan", "train.lr", "a finite number"),
+        ("train.lr=.inf", "train.lr", "a finite number"),
+        ("train.lr=1e400", "train.lr", "a finite number"),
         ("postprocess.min_area=2.5", "postprocess.min_area", "an integer"),
         ("model.input_size=big", "model.input_size", "an integer"),
         ("model.lora={rank: 2, magic: 1}", "model.lora.magic", "Allowed keys: rank, alpha"),
+        ("data.seed=2024-13-01", None, "cannot read the value"),
     ],
 )
 def test_malformed_values_name_the_key(override: str, key: str | None, expected: str) -> None:

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from malformed import JUNK, malformed
 from nucleisam.config import ModelConfig, PostprocessConfig, to_dict
 from nucleisam.errors import NucleisamError
 from nucleisam.model import (
@@ -198,6 +201,10 @@ def rewrite_metadata(path: Path, metadata: object) -> None:
         ({"model": [1, 2]}, "metadata key 'model' must be a mapping"),
         ({"model": None}, "metadata key 'model' must be a mapping"),
         ({"postprocess": {"min_area": -1}}, "'postprocess.min_area' must be a whole number"),
+        ({"postprocess": {"split_depth": float("nan")}}, "'postprocess.split_depth': got nan"),
+        ({"postprocess": "strict"}, "section 'postprocess' must be a mapping"),
+        ({"base_checkpoint_sha256": 7}, "'base_checkpoint_sha256' must be a string"),
+        ({"format_version": "1"}, "v'1'; this nucleisam"),
     ],
 )
 def test_bad_metadata_names_the_file_and_the_key(
@@ -227,3 +234,28 @@ def test_metadata_sections_read_back_as_saved(random_lora_adapter: Path, tmp_pat
     assert adapter_postprocess(metadata, path) == tuned
     assert adapter_postprocess({**metadata, "postprocess": None}, path) == PostprocessConfig()
 
+
+VALID_METADATA = {
+    "format": "nucleisam-adapter",
+    "format_version": 1,
+    "nucleisam_version": "0.1.0",
+    "base_checkpoint_sha256": "random",
+    "contents": "all",
+    "model": RELEASED_LORA_INSTANCE,
+    "postprocess": to_dict(PostprocessConfig()),
+}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(malformed(VALID_METADATA), JUNK))
+def test_malformed_adapter_metadata_is_a_nucleisam_error_naming_the_file(tmp_path_factory, metadata) -> None:
+    path = tmp_path_factory.getbasetemp() / "malformed.safetensors"
+    save_file({"x": torch.zeros(1)}, str(path), metadata={METADATA_KEY: json.dumps(metadata)})
+    try:
+        read = read_adapter_metadata(path)
+        model, postprocess = adapter_model_config(read, path), adapter_postprocess(read, path)
+    except NucleisamError as exc:
+        assert str(path) in str(exc)
+    else:  # what is accepted describes a network and parameters that survive saving
+        assert isinstance(model, ModelConfig) and isinstance(postprocess, PostprocessConfig)
+        assert adapter_postprocess({"postprocess": to_dict(postprocess)}, path) == postprocess

@@ -7,7 +7,7 @@ or a wrong type fails early with a message naming the dotted key and what is all
 back into plain dicts for saving next to the results. Range checks live in each section's
 ``__post_init__`` (:func:`require`), so a section built in Python is checked the same way.
 
-Supported field types: ``bool``, ``int``, ``float``, ``str``, ``Literal[...]``, ``X | None``,
+Supported field types: ``bool``, ``int``, ``float`` (finite), ``str``, ``Literal[...]``, ``X | None``,
 ``tuple[X, ...]``, ``tuple[X, Y]``, ``list[X]``, ``dict[str, X]`` and nested dataclasses.
 """
 
@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import tomllib
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -133,15 +134,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return int(value)
         raise fail("an integer")
     if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        # YAML 1.1 reads "1e-4" (no dot) as a string; accept any string Python reads as a number.
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise fail("a number")
+        return _finite_float(value, fail)
     if tp is str:
         if isinstance(value, str):
             return value
@@ -153,6 +146,20 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise fail()
 
 
+def _finite_float(value: Any, fail: Callable[[str], ConfigError]) -> float:
+    """A finite float from a number, or from a string Python reads as one (YAML 1.1 reads "1e-4",
+    without a dot, as a string); NaN and infinities are refused: no option means either."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise fail("a number")
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        raise fail("a finite number") from None
+    if not math.isfinite(number):
+        raise fail("a finite number")
+    return number
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, prefix: str = "") -> T:
     """Build the dataclass ``cls`` from a (nested) mapping; missing keys keep their defaults.
 
@@ -160,10 +167,16 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, prefix: str = "")
     Raises :class:`ConfigError` naming the dotted key for an unknown key (listing the allowed
     ones), a value of the wrong type, or one out of range.
     """
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError(
+            f"configuration section '{prefix or cls.__name__}' must be a mapping of keys to values, "
+            f"not {type(data).__name__}.",
+            prefix,
+        )
     data = dict(data or {})
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     hints = _field_types(cls)
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(str(k) for k in set(data) - set(fields))
     if unknown:
         where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
         section = f" in section '{prefix}'" if prefix else ""
@@ -207,7 +220,7 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     text = file.read_text(encoding="utf-8")
     try:
         data = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: TOML errors, impossible YAML dates
         raise NucleisamError(f"cannot parse configuration file {file}: {exc}") from exc
     if data is None:
         return {}
@@ -237,7 +250,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise NucleisamError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. train.lr=1e-4.")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: e.g. the date 2024-13-01
         raise NucleisamError(f"--set {text!r}: cannot read the value: {exc}") from exc
     return key.split("."), value
 

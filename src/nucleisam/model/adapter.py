@@ -140,12 +140,25 @@ def read_adapter_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise NucleisamError(
             f"{file} is a safetensors file but not a nucleisam adapter (no metadata)."
         ) from exc
-    if metadata.get("format") != FORMAT or int(metadata.get("format_version", 0)) > FORMAT_VERSION:
+    _check_metadata(metadata, file)
+    return metadata
+
+
+def _check_metadata(metadata: Any, file: Path) -> None:
+    """Refuse metadata that is not this nucleisam's adapter format (its sections are checked on use)."""
+    if not isinstance(metadata, dict):
+        raise NucleisamError(f"{file}: its nucleisam metadata is not a JSON object; the file is damaged.")
+    version = metadata.get("format_version")
+    if metadata.get("format") != FORMAT or type(version) is not int or version > FORMAT_VERSION:
         raise NucleisamError(
-            f"{file} is adapter format {metadata.get('format')!r} v{metadata.get('format_version')}; this "
+            f"{file} is adapter format {metadata.get('format')!r} v{version!r}; this "
             f"nucleisam ({__version__}) reads {FORMAT} v{FORMAT_VERSION}. Upgrade nucleisam."
         )
-    return metadata
+    if not isinstance(metadata.get("base_checkpoint_sha256"), str):
+        raise NucleisamError(
+            f"adapter {file}: metadata key 'base_checkpoint_sha256' must be a string (the sha256 of the "
+            f"base checkpoint, or {RANDOM_BASE!r}); got {metadata.get('base_checkpoint_sha256')!r}."
+        )
 
 
 def _model_entry(config: ModelConfig) -> dict[str, Any]:
