@@ -11,7 +11,8 @@ from PIL import Image
 
 import nucleisam.classical as baseline
 from conftest import SHARED_SPLEEN, requires_shared_data
-from nucleisam.classical import ClassicalConfig, classical_instances
+from nucleisam.classical import classical_instances
+from nucleisam.config import ClassicalConfig
 from nucleisam.errors import NucleisamError
 from nucleisam.metrics import MetricAccumulator
 from nucleisam.postprocess import split_by_distance_peaks, tune_postprocess

@@ -20,8 +20,9 @@ from PIL import Image
 
 import nucleisam.experiments.classical_cv as baseline_cv
 from conftest import write_cropped_sample
-from nucleisam.classical import ClassicalConfig, classical_instances
+from nucleisam.classical import classical_instances
 from nucleisam.cli import main
+from nucleisam.config import ClassicalConfig
 from nucleisam.data import load_nuinsseg, make_folds
 from nucleisam.experiments.classical_cv import load_baseline_config
 from nucleisam.experiments.report import REPORT_METRICS

@@ -20,8 +20,9 @@ from PIL import Image
 
 from nucleisam.classical import classical_instances
 from nucleisam.cli import main
+from nucleisam.config import ModelConfig
 from nucleisam.data import read_label_map, read_rgb
-from nucleisam.model import ModelConfig, build_model, save_adapter
+from nucleisam.model import build_model, save_adapter
 from synthetic_nuclei import synthetic_nuclei
 
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from nucleisam.config import ModelConfig
 from nucleisam.errors import NucleisamError
-from nucleisam.model import ModelConfig, build_model
+from nucleisam.model import build_model
 from nucleisam.model import checkpoint as ckpt
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

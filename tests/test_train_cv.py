@@ -17,7 +17,7 @@ import nucleisam.experiments.cv as cv
 import nucleisam.train.loop as loop
 from conftest import write_cropped_sample
 from nucleisam.cli import main
-from nucleisam.train.config import load_run_config
+from nucleisam.config import load_run_config
 from nucleisam.train.state import trainable_state
 
 # Random base weights are the point here (no network, no checkpoint); the warning is expected.

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from nucleisam.config import TrainConfig
 from nucleisam.data import load_nuinsseg
 from nucleisam.errors import NucleisamError
-from nucleisam.train.config import TrainConfig
 from nucleisam.train.dataset import SampleCache, TrainingDataset
 from nucleisam.train.loop import NonFiniteLossError, TrainingInterrupted, fit
 from nucleisam.train.schedule import WarmupCosine
@@ -374,7 +374,8 @@ def test_torchrun_environment_detection(monkeypatch: pytest.MonkeyPatch) -> None
 def test_fit_with_the_real_model_trains_lora_and_leaves_frozen_parts_alone(tmp_path: Path) -> None:
     import warnings
 
-    from nucleisam.model import ModelConfig, build_model
+    from nucleisam.config import ModelConfig
+    from nucleisam.model import build_model
 
     torch.manual_seed(0)
     with warnings.catch_warnings():

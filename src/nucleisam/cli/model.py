@@ -11,8 +11,18 @@ import json
 import sys
 from typing import Any
 
-MODES = ("lora", "full", "decoder", "seed")
-HEADS = ("instance", "sam")
+from nucleisam.config import HEADS, MODES, ConfigError, ModelConfig, from_dict, to_dict
+
+#: The option setting each model key, named next to an error about that key.
+MODEL_OPTIONS = {
+    "model.mode": "--mode",
+    "model.head": "--head",
+    "model.input_size": "--input-size",
+    "model.lora.rank": "--lora-rank",
+    "model.lora.alpha": "--lora-alpha",
+    "model.lora.dropout": "--lora-dropout",
+    "model.lora.blocks": "--lora-blocks",
+}
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,11 +65,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def model_config_from_args(args: argparse.Namespace, *, weights: str = "auto") -> Any:
-    """The :class:`~nucleisam.model.ModelConfig` described by :func:`add_model_arguments` options."""
-    from nucleisam.model import LoraConfig, ModelConfig
-
-    overrides = {
+def model_config_from_args(args: argparse.Namespace, *, weights: str = "auto") -> ModelConfig:
+    """The :class:`~nucleisam.config.ModelConfig` described by :func:`add_model_arguments` options."""
+    lora = {
         key: value
         for key, value in (
             ("rank", args.lora_rank),
@@ -69,8 +77,13 @@ def model_config_from_args(args: argparse.Namespace, *, weights: str = "auto") -
         )
         if value is not None
     }
-    lora = LoraConfig(**overrides) if overrides else None
-    return ModelConfig(mode=args.mode, head=args.head, input_size=args.input_size, lora=lora, weights=weights)
+    values = {"mode": args.mode, "head": args.head, "input_size": args.input_size, "weights": weights}
+    try:
+        return from_dict(ModelConfig, {**values, "lora": lora or None}, prefix="model")
+    except ConfigError as exc:
+        if exc.key not in MODEL_OPTIONS:
+            raise
+        raise ConfigError(f"{exc} Set it with {MODEL_OPTIONS[exc.key]}.", exc.key) from exc
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -106,7 +119,7 @@ def model_summary(model: Any, *, weights_source: str) -> dict[str, Any]:
         "input_size": config.input_size,
         "weights": {"source": weights_source, "sha256": model.base_checkpoint_sha256},
         "lora": (
-            {**config.lora.to_dict(), "scale": config.lora.scale, "layers": list(model.lora_targets)}
+            {**to_dict(config.lora), "scale": config.lora.scale, "layers": list(model.lora_targets)}
             if config.uses_lora
             else None
         ),

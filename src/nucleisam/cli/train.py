@@ -13,7 +13,7 @@ from nucleisam.data.download import resolve_data_root
 from nucleisam.errors import NucleisamError
 
 if TYPE_CHECKING:  # the training stack (torch) is imported when a training command runs, not before
-    from nucleisam.train.config import Config
+    from nucleisam.config import Config
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 #: The bundled sample and the demo's configuration, present in a source checkout.
@@ -73,7 +73,7 @@ def _values(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
 
 
 def _config(args: argparse.Namespace, **extra: Any) -> Config:
-    from nucleisam.train.config import load_run_config
+    from nucleisam.config import load_run_config
 
     return load_run_config(args.config, args.overrides, _values(args, **extra))
 
@@ -142,8 +142,8 @@ def _handle_train(args: argparse.Namespace) -> int:
 
 
 def _handle_demo(args: argparse.Namespace) -> int:
+    from nucleisam.config import load_run_config
     from nucleisam.model.checkpoint import default_checkpoint_path
-    from nucleisam.train.config import load_run_config
 
     if not DEMO_DATA.is_dir() or not DEMO_CONFIG.is_file():
         raise NucleisamError(

@@ -2,7 +2,6 @@
 training targets."""
 
 from nucleisam.data.aperio_xml import rasterize_polygons, read_xml_instances, read_xml_polygons
-from nucleisam.data.config import DataConfig
 from nucleisam.data.datasets import (
     Dataset,
     Sample,
@@ -56,7 +55,6 @@ __all__ = [
     "ArraySlide",
     "Augmented",
     "Augmenter",
-    "DataConfig",
     "Dataset",
     "DatasetSummary",
     "Fold",

@@ -20,9 +20,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from nucleisam.classical import ClassicalConfig, classical_instances, tune_classical
-from nucleisam.config import load_config, save_config, to_dict
-from nucleisam.data.config import DataConfig
+from nucleisam.classical import classical_instances, tune_classical
+from nucleisam.config import ClassicalConfig, DataConfig, load_config, save_config, to_dict
 from nucleisam.data.datasets import Sample
 from nucleisam.data.folds import Fold, FoldManifest
 from nucleisam.errors import NucleisamError

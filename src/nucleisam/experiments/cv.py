@@ -31,7 +31,7 @@ import torch
 from skimage.measure import label as connected_components
 
 from nucleisam.classical import classical_instances, tune_classical
-from nucleisam.config import save_config, to_dict
+from nucleisam.config import Config, PostprocessConfig, load_run_config, save_config, to_dict
 from nucleisam.data import Augmenter, FoldManifest, Sample
 from nucleisam.errors import NucleisamError
 from nucleisam.experiments.report import REPORT_METRICS, plot_curves, write_overlay, write_report
@@ -54,8 +54,7 @@ from nucleisam.experiments.runs import (
 from nucleisam.metrics import MetricAccumulator
 from nucleisam.model import build_model, save_adapter
 from nucleisam.model.inference import predict_maps, resolve_device
-from nucleisam.postprocess import PostprocessConfig, labels_from_maps, tune_postprocess
-from nucleisam.train.config import Config, load_run_config
+from nucleisam.postprocess import labels_from_maps, tune_postprocess
 from nucleisam.train.dataset import SampleCache, TileData, TrainingDataset
 from nucleisam.train.distributed import DistContext
 from nucleisam.train.loop import CHECKPOINT_DIR, HISTORY_FILE, fit

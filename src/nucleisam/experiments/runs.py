@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 
 from nucleisam import __version__
-from nucleisam.config import to_dict
-from nucleisam.data.config import DataConfig
+from nucleisam.config import DataConfig, to_dict
 from nucleisam.data.datasets import Sample, open_dataset
 from nucleisam.data.folds import FoldManifest, make_folds
 from nucleisam.errors import NucleisamError

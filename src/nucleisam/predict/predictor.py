@@ -13,7 +13,6 @@ no model and no weights.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -22,14 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from nucleisam.config import PostprocessConfig
 from nucleisam.data.slides import NUINSSEG_MPP
 from nucleisam.errors import NucleisamError
 from nucleisam.predict.tiling import LabelFn, MapFn, check_tiling, predict_tiled
 
 if TYPE_CHECKING:
     import torch
-
-    from nucleisam.postprocess import PostprocessConfig
 
 
 @dataclass
@@ -55,18 +53,6 @@ class Prediction:
     maps: dict[str, np.ndarray] | None = None
 
 
-def _postprocess_config(metadata: Mapping[str, Any], source: str) -> PostprocessConfig:
-    from nucleisam.postprocess import PostprocessConfig
-
-    params = metadata.get("postprocess") or {}
-    known = {field.name for field in dataclasses.fields(PostprocessConfig)}
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise NucleisamError(
-            f"adapter {source} records post-processing parameters this nucleisam does not know "
-            f"({', '.join(unknown)}); upgrade nucleisam."
-        )
-    return PostprocessConfig(**params)
 
 
 class Predictor:
@@ -121,7 +107,7 @@ class Predictor:
     ) -> Predictor:
         """A predictor around a model obeying the NucleiSam contract.
 
-        ``postprocess`` is a :class:`~nucleisam.postprocess.PostprocessConfig` (default: its
+        ``postprocess`` is a :class:`~nucleisam.config.PostprocessConfig` (default: its
         defaults) for :func:`~nucleisam.postprocess.labels_from_maps`, or any ``(maps, image) ->
         labels`` function. ``device`` is ``auto|cpu|cuda[:N]``; ``precision`` follows
         :func:`nucleisam.model.inference.resolve_precision` (the policy validation uses too);
@@ -133,7 +119,7 @@ class Predictor:
         if callable(postprocess):
             label_fn = postprocess
         else:
-            from nucleisam.postprocess import PostprocessConfig, labels_from_maps
+            from nucleisam.postprocess import labels_from_maps
 
             config = postprocess if postprocess is not None else PostprocessConfig()
 
@@ -158,12 +144,19 @@ class Predictor:
     ) -> Predictor:
         """Load a fine-tuned adapter (and its base checkpoint) with the post-processing parameters
         and training resolution recorded in it (defaults where none were recorded)."""
-        from nucleisam.model import adapter_train_mpp, load_adapter
+        from nucleisam.model import (
+            adapter_postprocess,
+            adapter_train_mpp,
+            load_adapter,
+            read_adapter_metadata,
+        )
 
         check_tiling(tile, overlap)
-        model, metadata = load_adapter(path, checkpoint=checkpoint,
-                                       allow_checkpoint_mismatch=allow_checkpoint_mismatch)
-        config = _postprocess_config(metadata, os.fspath(path))
+        # Checked before the network is built: bad parameters fail in milliseconds, not seconds.
+        metadata = read_adapter_metadata(path)
+        config = adapter_postprocess(metadata, path)
+        model, _ = load_adapter(path, checkpoint=checkpoint,
+                                allow_checkpoint_mismatch=allow_checkpoint_mismatch)
         return cls.from_model(
             model, postprocess=config, device=device, precision=precision, tile=tile, overlap=overlap,
             batch_size=batch_size, description=f"adapter {os.fspath(path)}", mpp=adapter_train_mpp(metadata),

@@ -37,8 +37,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
+from nucleisam.config import TrainConfig
 from nucleisam.errors import NucleisamError
-from nucleisam.train.config import TrainConfig
 from nucleisam.train.dataset import TARGET_KEYS, EpochSampler, pad_collate
 from nucleisam.train.distributed import DistContext
 from nucleisam.train.losses import segmentation_loss
