@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -45,6 +45,23 @@ def sample_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def cropped_sample(
+    sample_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[int, int], Path]:
+    """``cropped_sample(count, size)``: the root of a small real data set for end-to-end runs, the
+    first ``count`` bundled tiles cropped to their top-left ``size``² (written once per session)."""
+    made: dict[tuple[int, int], Path] = {}
+
+    def make(count: int, size: int) -> Path:
+        if (count, size) not in made:
+            root = tmp_path_factory.mktemp(f"cropped-{count}x{size}") / "NuInsSeg"
+            made[count, size] = _write_cropped_sample(sample_root, root, count=count, size=size)
+        return made[count, size]
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def shared_nuinsseg() -> Path:
     """Root of the shared NuInsSeg copy; tests using it skip where it is absent."""
     if not SHARED_SPLEEN.is_dir():
@@ -78,9 +95,9 @@ def synthetic_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def write_cropped_sample(sample_root: Path, root: Path, *, count: int, size: int) -> Path:
+def _write_cropped_sample(sample_root: Path, root: Path, *, count: int, size: int) -> Path:
     """Copy the first ``count`` bundled tiles, cropped to their top-left ``size``², into ``root`` in
-    the NuInsSeg layout (image, instance labels, vague mask): a small real data set for end-to-end runs."""
+    the NuInsSeg layout (image, instance labels, vague mask)."""
     import numpy as np
     import tifffile
     from PIL import Image
