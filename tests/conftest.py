@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -44,6 +45,14 @@ def sample_root() -> Path:
     return SAMPLE_ROOT
 
 
+@pytest.fixture
+def sample_copy(tmp_path: Path, sample_root: Path) -> Path:
+    """A writable copy of the bundled sample below a folder whose name has a space."""
+    root = tmp_path / "my data"
+    shutil.copytree(sample_root, root)
+    return root
+
+
 @pytest.fixture(scope="session")
 def cropped_sample(
     sample_root: Path, tmp_path_factory: pytest.TempPathFactory
@@ -59,6 +68,15 @@ def cropped_sample(
         return made[count, size]
 
     return make
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``nucleisam ARGV`` in this process: exit status, stdout, stderr."""
+    from nucleisam.cli import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="session")

@@ -9,11 +9,12 @@ import torch
 from nucleisam.classical import classical_instances
 from nucleisam.data import read_rgb
 from nucleisam.errors import NucleisamError
+from nucleisam.metrics import aji
 from nucleisam.model import ModelConfig, NucleiSam, save_adapter
 from nucleisam.model.network import assemble_model
 from nucleisam.postprocess import PostprocessConfig, labels_from_maps
 from nucleisam.predict.predictor import Predictor, model_map_fn, resolve_device
-from synthetic_nuclei import aji, darkness_model, distance_watershed, synthetic_nuclei, threshold_maps
+from synthetic_nuclei import darkness_model, distance_watershed, synthetic_nuclei, threshold_maps
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
