@@ -10,12 +10,13 @@ from nucleisam.classical import CLASSICAL_MPP, classical_instances
 from nucleisam.config import ModelConfig, PostprocessConfig
 from nucleisam.data import NUINSSEG_MPP, read_rgb
 from nucleisam.errors import NucleisamError
+from nucleisam.metrics import aji
 from nucleisam.model import NucleiSam, save_adapter
 from nucleisam.model.inference import tile_map_fn
 from nucleisam.model.network import assemble_model
 from nucleisam.postprocess import labels_from_maps
 from nucleisam.predict.predictor import Predictor
-from synthetic_nuclei import aji, darkness_model, distance_watershed, synthetic_nuclei, threshold_maps
+from synthetic_nuclei import darkness_model, distance_watershed, synthetic_nuclei, threshold_maps
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from nucleisam.errors import NucleisamError
+from nucleisam.metrics import aji
 from nucleisam.predict import tiling
 from nucleisam.predict.tiling import InstanceStitcher, TileGrid, predict_tiled
-from synthetic_nuclei import aji, distance_watershed, synthetic_nuclei, threshold_maps
+from synthetic_nuclei import distance_watershed, synthetic_nuclei, threshold_maps
 
 
 def same_partition(a: np.ndarray, b: np.ndarray) -> bool:

@@ -7,7 +7,8 @@ below a floor so a blank tile stays blank), fill holes, split touching nuclei at
 distance transform with the same splitter the model's post-processing uses
 (:func:`nucleisam.postprocess.split_by_distance_peaks`), and drop specks. :func:`tune_classical` picks
 the parameters on validation images with the model's own search (:func:`tune_postprocess`); the
-``cv`` runner and ``nucleisam baseline`` (:mod:`nucleisam.experiments.classical_cv`) both use it.
+model's cross-validation and ``nucleisam baseline`` (:mod:`nucleisam.experiments.classical_method`) both
+use it.
 """
 
 from __future__ import annotations

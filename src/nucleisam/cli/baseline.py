@@ -1,5 +1,6 @@
-"""``nucleisam baseline``: the classical baseline (no model) over the folds of ``cv``
-(:mod:`nucleisam.experiments.classical_cv`)."""
+"""``nucleisam baseline``: the classical baseline (no model,
+:mod:`nucleisam.experiments.classical_method`) through the runner of ``cv``
+(:mod:`nucleisam.experiments.cv`)."""
 
 from __future__ import annotations
 
@@ -55,13 +56,17 @@ def _values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _handle_baseline(args: argparse.Namespace) -> int:
-    from nucleisam.experiments.classical_cv import load_baseline_config, run_baseline
+    from nucleisam.config import load_baseline_config
+    from nucleisam.experiments.classical_method import ClassicalMethod
+    from nucleisam.experiments.cv import run_cv
     from nucleisam.experiments.runs import summary_table
 
     config = load_baseline_config(args.config, (), _values(args))
     out = Path(args.out)
     started = time.perf_counter()
-    summary = run_baseline(config, out, folds=args.folds, resume=args.resume, command=_reproduce(out))
+    summary = run_cv(
+        ClassicalMethod(config), out, folds=args.folds, resume=args.resume, command=_reproduce(out)
+    )
     print()
     print("Test scores, vague areas excluded (per-image mean per fold; mean ± std over folds):")
     print(summary_table(summary))

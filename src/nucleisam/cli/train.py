@@ -1,4 +1,5 @@
-"""``nucleisam train``, ``cv`` and ``demo``: thin wrappers over :mod:`nucleisam.experiments.cv`."""
+"""``nucleisam train``, ``cv`` and ``demo``: the model (:mod:`nucleisam.experiments.model_method`) through
+the cross-validation runner (:mod:`nucleisam.experiments.cv`)."""
 
 from __future__ import annotations
 
@@ -88,6 +89,7 @@ def _run_cv(
     config: Config, out: Path, *, resume: bool, only_folds: list[int] | None, verb: str, notes: list[str] = ()
 ) -> dict[str, Any]:
     from nucleisam.experiments.cv import run_cv
+    from nucleisam.experiments.model_method import ModelMethod
     from nucleisam.experiments.runs import summary_table
     from nucleisam.train.distributed import init_distributed, shutdown_distributed
     from nucleisam.train.loop import TrainingInterrupted
@@ -95,13 +97,12 @@ def _run_cv(
     context = init_distributed(config.train.device)
     try:
         summary = run_cv(
-            config,
+            ModelMethod(config, out, context=context),
             out,
             resume=resume,
             only_folds=only_folds,
             command=_reproduce(out, verb),
             notes=notes,
-            context=context,
         )
     except TrainingInterrupted as exc:
         print(f"nucleisam: {exc}", file=sys.stderr)
@@ -127,15 +128,17 @@ def _handle_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.all:
         from nucleisam.experiments.cv import train_final
+        from nucleisam.experiments.model_method import ADAPTER_FILE, ModelMethod
         from nucleisam.train.distributed import init_distributed, shutdown_distributed
 
         context = init_distributed(config.train.device)
         try:
-            adapter = train_final(config, out, resume=args.resume, context=context)
+            method = ModelMethod(config, out, context=context, comparisons=False)
+            directory = train_final(method, out, resume=args.resume)
         finally:
             shutdown_distributed()
         if context.is_main:
-            print(f"adapter: {adapter}")
+            print(f"adapter: {directory / ADAPTER_FILE}")
         return 0
     _run_cv(config, out, resume=args.resume, only_folds=[args.fold], verb="train")
     return 0

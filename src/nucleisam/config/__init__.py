@@ -38,7 +38,7 @@ from nucleisam.config.model import (
     check_input_size,
 )
 from nucleisam.config.postprocess import PostprocessConfig
-from nucleisam.config.run import Config, load_run_config
+from nucleisam.config.run import BaselineConfig, Config, load_baseline_config, load_run_config
 from nucleisam.config.train import LossConfig, TrainConfig
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "MODES",
     "NUM_ATTENTION_BLOCKS",
     "SEED_LORA",
+    "BaselineConfig",
     "ClassicalConfig",
     "Config",
     "ConfigError",
@@ -66,6 +67,7 @@ __all__ = [
     "check_input_size",
     "dump_config",
     "from_dict",
+    "load_baseline_config",
     "load_config",
     "load_run_config",
     "parse_override",

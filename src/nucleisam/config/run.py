@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+from nucleisam.config.classical import ClassicalConfig
 from nucleisam.config.core import load_config
 from nucleisam.config.data import DataConfig
 from nucleisam.config.model import ModelConfig
@@ -38,3 +39,23 @@ def load_run_config(
     """The run configuration: defaults, then the file ``path`` (YAML/TOML), then ``values`` (dotted
     key → value from CLI options), then ``--set`` overrides."""
     return load_config(Config, path, overrides, values)
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """What a classical-method run computes from: the data and its folds, the parameters each fold
+    starts its search from, and the validation metric the search maximises (its ``config.yaml``)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    classical: ClassicalConfig = field(default_factory=ClassicalConfig)
+    select_metric: Literal["aji", "aji_plus", "pq", "dice"] = "aji"
+
+
+def load_baseline_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Iterable[str] = (),
+    values: Mapping[str, Any] | None = None,
+) -> BaselineConfig:
+    """Defaults, then the file ``path`` (e.g. a run's ``config.yaml``), then ``values`` (dotted key →
+    value from CLI options), then ``--set`` overrides."""
+    return load_config(BaselineConfig, path, overrides, values)

@@ -12,19 +12,18 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-import nucleisam.experiments.classical_cv as baseline_cv
-from conftest import write_cropped_sample
+import nucleisam.experiments.cv as cv
 from nucleisam.classical import classical_instances
 from nucleisam.cli import main
-from nucleisam.config import ClassicalConfig
+from nucleisam.config import ClassicalConfig, load_baseline_config
 from nucleisam.data import load_nuinsseg, make_folds
-from nucleisam.experiments.classical_cv import load_baseline_config
 from nucleisam.experiments.report import REPORT_METRICS
 from nucleisam.metrics import evaluate_instances
 from nucleisam.utils.tables import read_rows_csv
@@ -41,10 +40,9 @@ def run(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def small_root(tmp_path_factory: pytest.TempPathFactory, sample_root: Path) -> Path:
+def small_root(cropped_sample: Callable[[int, int], Path]) -> Path:
     """The first three bundled tiles cropped to their top-left 160×160, in the NuInsSeg layout."""
-    return write_cropped_sample(sample_root, tmp_path_factory.mktemp("small") / "NuInsSeg",
-                                count=3, size=160)
+    return cropped_sample(3, 160)
 
 
 def per_image(out: Path, fold: int) -> list[dict]:
@@ -172,16 +170,16 @@ def test_resume_redoes_only_unfinished_folds(run: Path, tmp_path: Path, sample_r
     shutil.rmtree(out / "fold_1")
     (out / "summary.json").unlink()
     redone = []
-    real = baseline_cv.run_baseline_fold
+    real = cv.run_fold
 
-    def counting(config, fold, *args, **kwargs):
-        redone.append(fold.index)
-        return real(config, fold, *args, **kwargs)
+    def counting(method, split, *args, **kwargs):
+        redone.append(split.index)
+        return real(method, split, *args, **kwargs)
 
     argv = ["baseline", "--data", str(sample_root), "--k", "3", "--out", str(out)]
     assert main(argv) == 2  # the folder holds a run: --resume needed
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(baseline_cv, "run_baseline_fold", counting)
+        patch.setattr(cv, "run_fold", counting)
         assert main([*argv, "--resume"]) == 0
     assert redone == [1]
     again = json.loads((out / "summary.json").read_text())
