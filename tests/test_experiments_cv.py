@@ -49,6 +49,9 @@ class OracleMethod:
         self.calls: list[tuple] = []
         self.answers: dict[str, np.ndarray] = {}
 
+    def check(self) -> None:
+        self.calls.append(("check",))
+
     def fit(self, split: FoldSplit, directory: Path, *, resume: bool, log) -> FitInfo:
         self.calls.append(("fit", split.index, [s.stem for s in split.train], [s.stem for s in split.val]))
         self.answers = {_key(s.load_image()): s.load_labels() for s in split.test}
@@ -94,7 +97,7 @@ def oracle_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
 def test_each_fold_is_fitted_tuned_scored_and_saved_in_order(oracle_run: dict) -> None:
     out, calls = oracle_run["out"], oracle_run["method"].calls
     manifest = json.loads((out / "folds.json").read_text())["folds"]
-    expected = []
+    expected: list[tuple] = [("check",)]  # the method's own inputs, before anything is written
     for index, fold in enumerate(manifest):
         expected += [("fit", index, fold["train"], fold["val"]), ("tune", fold["val"])]
         expected += [("segment", n) for n in (2, len(fold["test"]) - 2) if n > 0]
@@ -202,8 +205,8 @@ def test_train_final_holds_out_validation_images_and_scores_nothing(data_root: P
     method = OracleMethod(_config(data_root))
     directory = train_final(method, out, log=lambda line: None)
     assert directory == out / "final"
-    assert [call[0] for call in method.calls] == ["fit", "tune", "save"]
-    (_, _, train, val), (_, tuned) = method.calls[:2]
+    assert [call[0] for call in method.calls] == ["check", "fit", "tune", "save"]
+    (_, _, train, val), (_, tuned) = method.calls[1:3]
     assert val and tuned == val and not set(train) & set(val) and len(train) + len(val) == 6
     metrics = json.loads((directory / "metrics.json").read_text())
     assert (metrics["n_train"], metrics["n_val"], metrics["n_test"]) == (len(train), len(val), 0)

@@ -210,3 +210,22 @@ def test_train_unknown_fold_writes_nothing(
     assert main(["train", "--data", str(small_root), "--out", str(out), "--fold", "5"]) == 2
     assert "--fold 5 does not exist: folds are 0–4" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_bad_checkpoint_is_refused_before_the_run_folder_exists(
+    small_root: Path, tmp_path: Path, synthetic_checkpoint: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A truncated mobile_sam.pt is named before config.yaml or folds.json are written, so rerunning
+    with the right file is a fresh start, not a refused half-run; a wrong state_dict is caught too."""
+    out = tmp_path / "out"
+    settings = [a for a in TINY if a != "model.weights=none"]
+    overrides = [word for setting in settings for word in ("--set", setting)]
+    base = ["cv", "--data", str(small_root), "--out", str(out), *overrides]
+    truncated = tmp_path / "mobile_sam.pt"
+    truncated.write_bytes(synthetic_checkpoint.read_bytes()[:100_000])
+    assert main([*base, "--set", f"model.weights={truncated}"]) == 2
+    assert "truncated or damaged" in capsys.readouterr().err and not out.exists()
+    foreign = tmp_path / "other.pt"
+    torch.save({"encoder.weight": torch.zeros(3)}, foreign)
+    assert main([*base, "--set", f"model.weights={foreign}"]) == 2
+    assert "does not match the MobileSAM architecture" in capsys.readouterr().err and not out.exists()

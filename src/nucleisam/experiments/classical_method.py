@@ -39,6 +39,9 @@ class ClassicalMethod:
         self.processes = OneProcess()
         self.params = config.classical
 
+    def check(self) -> None:
+        """No weights, no device: nothing to check beyond the configuration."""
+
     def fit(self, split: FoldSplit, directory: Path, *, resume: bool, log: Log) -> FitInfo:
         """Nothing to learn: each fold starts from ``config.classical``."""
         self.params = self.config.classical

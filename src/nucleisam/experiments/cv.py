@@ -174,6 +174,7 @@ def prepare_run(
     if given is not None:
         config = with_manifest_folds(config, given)
     check_run_folder(out, config, resume=resume)
+    method.check()
     saved = out / FOLDS_FILE
     source = Path(folds) if folds is not None and not saved.exists() else saved
     samples, manifest = open_run_data(config.data, source if with_folds else None, log=log)

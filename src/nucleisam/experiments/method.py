@@ -104,6 +104,10 @@ class Method(Protocol):
     history_file: str | None
     processes: Processes
 
+    def check(self) -> None:
+        """Check the method's own inputs (weights files, devices) before the run writes anything."""
+        ...
+
     def fit(self, split: FoldSplit, directory: Path, *, resume: bool, log: Log) -> FitInfo:
         """Learn from ``split.train`` (selecting on ``split.val``), writing into ``directory``."""
         ...

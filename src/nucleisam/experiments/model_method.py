@@ -29,6 +29,7 @@ from nucleisam.experiments.method import FitInfo, FoldSplit, mean_scores
 from nucleisam.experiments.runs import Log
 from nucleisam.model import build_model, save_adapter
 from nucleisam.model.inference import predict_maps, resolve_device
+from nucleisam.model.network import check_base_weights
 from nucleisam.postprocess import labels_from_maps, tune_postprocess
 from nucleisam.train.dataset import SampleCache, TileData, TrainingDataset
 from nucleisam.train.distributed import DistContext
@@ -105,6 +106,10 @@ class ModelMethod:
         self.postprocess = config.postprocess
         self.classical: ClassicalConfig | None = None
         self.training: dict[str, Any] = {}
+
+    def check(self) -> None:
+        """The base checkpoint is read and matched to MobileSAM before the run folder exists."""
+        check_base_weights(self.config.model)
 
     def _maps(self, model: torch.nn.Module, images: Sequence[np.ndarray]) -> list[Maps]:
         return _predict_maps(model, images, self.config.train, self.processes.device)

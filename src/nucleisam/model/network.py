@@ -29,7 +29,14 @@ import torch
 from torch import nn
 
 from nucleisam.config import ModelConfig
-from nucleisam.model.checkpoint import file_sha256, find_checkpoint, load_state_dict_file, load_strict
+from nucleisam.errors import NucleisamError
+from nucleisam.model.checkpoint import (
+    compare_state_dict,
+    file_sha256,
+    find_checkpoint,
+    load_state_dict_file,
+    load_strict,
+)
 from nucleisam.model.heads import INSTANCE_MAPS, InstanceHead
 from nucleisam.model.lora import apply_lora, lora_layers
 from nucleisam.model.mobilesam import (
@@ -257,6 +264,22 @@ def assemble_model(
     if state_dict is not None:
         load_strict(base, state_dict, source=source)
     return NucleiSam(config, base=base, base_checkpoint_sha256=base_checkpoint_sha256).eval()
+
+
+def check_base_weights(config: ModelConfig) -> None:
+    """Read the base checkpoint ``config.weights`` names and check its keys and shapes against
+    MobileSAM, without keeping anything: a run calls this before it writes its first file, so a
+    damaged, foreign or missing checkpoint never leaves a half-started run folder behind."""
+    if config.weights == "none":
+        return
+    state, _, source = load_base_weights(config.weights)
+    assert state is not None
+    report = compare_state_dict(build_mobilesam(config.input_size).state_dict(), state)
+    if not report.ok:
+        raise NucleisamError(
+            f"{source} does not match the MobileSAM architecture:\n{report.format()}\n"
+            "Use the official mobile_sam.pt (`nucleisam weights download`) or a state_dict with its keys."
+        )
 
 
 def build_model(config: ModelConfig | None = None) -> NucleiSam:
