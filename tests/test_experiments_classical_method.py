@@ -255,3 +255,23 @@ def test_a_fold_manifest_for_other_data_is_refused(
     assert main(["baseline", "--data", str(small_root), "--folds", str(folds), "--out", str(out)]) == 2
     assert "no longer matches the data" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_half_written_image_is_found_before_the_run_writes_anything(
+    sample_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pairing reads headers only; the run decodes every file first, so a truncated PNG is named
+    up front (skipped with a warning, or an error with data.strict) instead of killing fold 2."""
+    png = sample_copy / "human spleen" / "tissue images" / "human_spleen_13.png"
+    png.write_bytes(png.read_bytes()[:2000])
+    strict, config = tmp_path / "strict", tmp_path / "strict.yaml"
+    config.write_text("data:\n  strict: true\n")
+    assert main(["baseline", "--data", str(sample_copy), "--k", "2", "--out", str(strict),
+                 "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "human_spleen_13.png" in err and "strict" in err and not strict.exists()
+    lenient = tmp_path / "lenient"
+    assert main(["baseline", "--data", str(sample_copy), "--k", "2", "--out", str(lenient)]) == 0
+    assert "warning: cannot read image" in capsys.readouterr().out
+    folds = json.loads((lenient / "folds.json").read_text())
+    assert "human_spleen_13" not in json.dumps(folds) and folds["n_samples"] == 5

@@ -23,6 +23,7 @@ from nucleisam import __version__
 from nucleisam.config import DataConfig, load_config, to_dict
 from nucleisam.data.datasets import Sample, open_dataset
 from nucleisam.data.folds import FoldManifest, make_folds
+from nucleisam.data.summary import check_samples, usable_dataset
 from nucleisam.errors import NucleisamError
 from nucleisam.experiments.report import REPORT_METRICS, mean_std
 from nucleisam.metrics import MetricAccumulator
@@ -229,9 +230,14 @@ def check_run_folder(out_dir: Path, config: Any, *, resume: bool) -> None:
 def open_run_data(
     data: DataConfig, folds_path: Path | None, *, log: Log = print
 ) -> tuple[list[Sample], FoldManifest | None]:
-    """Open the data of ``data`` (problems logged as warnings) and its folds: the manifest at
-    ``folds_path`` when that file exists (it must match the data), else new folds from ``data``'s
-    k/seed/group/val_fraction/val_seed; no folds when ``folds_path`` is None."""
+    """Open the data of ``data`` and its folds: the manifest at ``folds_path`` when that file exists
+    (it must match the data), else new folds from ``data``'s k/seed/group/val_fraction/val_seed; no
+    folds when ``folds_path`` is None.
+
+    Every image, label map and vague mask is decoded once here, before the run writes anything: a
+    half-written file is a problem now, not a crash after the first fold. Problems are logged as
+    warnings and their samples left out (``data.strict``: an error).
+    """
     if data.root is None and data.images is None:
         raise NucleisamError(
             "no data: pass --data ROOT (or --images DIR --masks DIR, or set data.root / data.images in the "
@@ -240,6 +246,7 @@ def open_run_data(
     dataset = open_dataset(
         data.root, images=data.images, masks=data.masks, binary_masks=data.binary_masks, strict=data.strict
     )
+    dataset = usable_dataset(dataset, check_samples(dataset.samples), strict=data.strict)
     for problem in dataset.problems:
         log(f"warning: {problem}")
     samples = list(dataset.samples)
