@@ -97,8 +97,8 @@ def test_evaluate_gt_folder_with_ambiguous_folder_and_json(
         labels = tifffile.imread(path)
         Image.fromarray(labels.astype(np.uint16)).save(gt_dir / f"{path.stem}.png")
         np.save(pred_dir / f"{path.stem}.npy", labels.astype(np.int64) * 7)  # same instances, other ids
-    code, stdout, _ = run(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir),
-                           "--ambiguous", str(sample_root / ORGAN / "vague areas" / "mask binary"),
+    code, stdout, _ = run(["evaluate", "--pred", str(pred_dir), "--masks", str(gt_dir),
+                           "--vague-masks", str(sample_root / ORGAN / "vague areas" / "mask binary"),
                            "--json"], capsys)
     assert code == 0
     summary = json.loads(stdout)
@@ -172,8 +172,8 @@ def test_ground_truth_source_is_required_and_exclusive(
         main(["evaluate", "--pred", str(tmp_path)])
     assert exit_info.value.code == 2
     with pytest.raises(SystemExit):
-        main(["evaluate", "--pred", str(tmp_path), "--gt", str(tmp_path), "--data", str(tmp_path)])
-    code, _, stderr = run(["evaluate", "--pred", str(tmp_path / "nope"), "--gt", str(tmp_path)], capsys)
+        main(["evaluate", "--pred", str(tmp_path), "--masks", str(tmp_path), "--data", str(tmp_path)])
+    code, _, stderr = run(["evaluate", "--pred", str(tmp_path / "nope"), "--masks", str(tmp_path)], capsys)
     assert code == 2 and "--pred" in stderr
 
 

@@ -11,7 +11,7 @@ import torch
 
 from nucleisam import model as model_api
 from nucleisam.cli import main
-from nucleisam.cli import model as model_cli
+from nucleisam.cli.options import OPTIONS
 from nucleisam.model import checkpoint as ckpt
 from nucleisam.model.mobilesam import build_mobilesam
 
@@ -69,7 +69,7 @@ def test_bad_options_exit_2_with_a_message(capsys) -> None:
 
 def test_cli_choices_match_the_api() -> None:
     # The CLI keeps its own copies so that `nucleisam --help` does not import torch.
-    assert model_cli.MODES == model_api.MODES and model_cli.HEADS == model_api.HEADS
+    assert OPTIONS["mode"].choices == model_api.MODES and OPTIONS["head"].choices == model_api.HEADS
 
 
 def test_weights_path_and_check(monkeypatch, tmp_path, capsys) -> None:

@@ -180,7 +180,7 @@ class FolderEvaluation:
 def _check_dir(path: str | os.PathLike[str], option: str) -> Path:
     folder = Path(path)
     if not folder.is_dir():
-        raise NucleisamError(f"{option} {folder} is not a folder (or does not exist).")
+        raise NucleisamError(f"{folder} ({option}) is not a folder (or does not exist).")
     return folder
 
 
@@ -201,7 +201,7 @@ def _label_files(folder: Path, option: str, *, predictions: bool = False) -> dic
             stem = stem.removesuffix(PREDICTED_LABELS_SUFFIX)
         if stem in index:
             raise NucleisamError(
-                f"two files for stem {stem!r} in {option} {folder}: {index[stem].name} and "
+                f"two files for stem {stem!r} in {folder} ({option}): {index[stem].name} and "
                 f"{path.name}. Keep one."
             )
         index[stem] = path
@@ -217,22 +217,25 @@ def collect_pairs(
 ) -> tuple[list[ImagePair], list[str], str]:
     """Pair GT images with predictions by stem: (pairs, unmatched prediction files, GT description)."""
     if (gt_dir is None) == (data_root is None):
-        raise NucleisamError("give exactly one ground-truth source: --gt DIR or --data NUINSSEG_ROOT.")
-    predictions = _label_files(_check_dir(pred_dir, "--pred"), "--pred", predictions=True)
+        raise NucleisamError(
+            "give exactly one ground-truth source: a folder of label maps (gt_dir) or a NuInsSeg root "
+            "(data_root)."
+        )
+    predictions = _label_files(_check_dir(pred_dir, "pred_dir"), "pred_dir", predictions=True)
     if not predictions:
-        raise NucleisamError(f"no label maps (TIFF, PNG or NPY) found in --pred {pred_dir}.")
-    vague_files = {} if ambiguous_dir is None else _label_files(_check_dir(ambiguous_dir, "--ambiguous"),
-                                                                "--ambiguous")
+        raise NucleisamError(f"no label maps (TIFF, PNG or NPY) found in {pred_dir} (pred_dir).")
+    vague_files = {} if ambiguous_dir is None else _label_files(_check_dir(ambiguous_dir, "ambiguous_dir"),
+                                                                "ambiguous_dir")
     pairs: list[ImagePair] = []
     if gt_dir is not None:
-        gt_files = _label_files(_check_dir(gt_dir, "--gt"), "--gt")
+        gt_files = _label_files(_check_dir(gt_dir, "gt_dir"), "gt_dir")
         if not gt_files:
-            raise NucleisamError(f"no label maps (TIFF, PNG or NPY) found in --gt {gt_dir}.")
+            raise NucleisamError(f"no label maps (TIFF, PNG or NPY) found in {gt_dir} (gt_dir).")
         for stem, path in gt_files.items():
             pairs.append(ImagePair(stem, path, predictions.get(stem), vague_files.get(stem)))
         source = str(gt_dir)
     else:
-        dataset = load_nuinsseg(_check_dir(data_root, "--data"))
+        dataset = load_nuinsseg(_check_dir(data_root, "data_root"))
         for sample in dataset.samples:
             vague = vague_files.get(sample.stem) if ambiguous_dir is not None else sample.ambiguous_path
             prediction = predictions.get(sample.stem)
@@ -242,7 +245,7 @@ def collect_pairs(
     unmatched = [path.name for stem, path in predictions.items() if stem not in gt_stems]
     if not any(pair.pred_path is not None for pair in pairs):
         raise NucleisamError(
-            f"no prediction in --pred {pred_dir} has the stem of a ground-truth image in {source}; "
+            f"no prediction in {pred_dir} (pred_dir) has the stem of a ground-truth image in {source}; "
             "predictions are paired with ground truth by file name without extension."
         )
     return pairs, unmatched, source
@@ -266,7 +269,7 @@ def evaluate_folders(
     ``per_image.csv``, ``summary.json`` and ``summary.md`` there (see :func:`write_evaluation`).
     """
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise NucleisamError(f"output path {out_dir} (--out) exists and is not a folder.")
+        raise NucleisamError(f"output path {out_dir} (out_dir) exists and is not a folder.")
     pairs, unmatched, source = collect_pairs(pred_dir, gt_dir=gt_dir, data_root=data_root,
                                              ambiguous_dir=ambiguous_dir)
     all_pixels = MetricAccumulator(ambiguous_threshold=ambiguous_threshold, zone_width=zone_width)
@@ -314,7 +317,7 @@ def evaluate_folders(
 
 def write_evaluation(evaluation: FolderEvaluation, out_dir: str | os.PathLike[str]) -> list[Path]:
     """Write ``per_image.csv``, ``summary.json`` and ``summary.md`` (each atomically)."""
-    folder = ensure_output_dir(out_dir, option="--out")
+    folder = ensure_output_dir(out_dir, option="out_dir")
     rows = evaluation.per_image_rows()
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")

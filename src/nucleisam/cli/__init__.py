@@ -1,8 +1,10 @@
 """Command-line interface: a thin layer over the Python API.
 
 Each command group lives in its own module with a ``register(subparsers)`` function that adds its
-sub-parser and sets ``handler`` to a function ``(argparse.Namespace) -> int``. User errors
-(:class:`~nucleisam.errors.NucleisamError`) are printed without a traceback and exit with status 2.
+sub-parser and sets ``handler`` to a function ``(argparse.Namespace) -> int``; options come from
+:mod:`nucleisam.cli.options`, where each is defined once. User errors
+(:class:`~nucleisam.errors.NucleisamError`) are printed as one line without a traceback, the
+configuration keys and parameters they name shown as the command's flags, and exit with status 2.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from nucleisam import __version__
+from nucleisam.cli.options import name_flags
 from nucleisam.errors import NucleisamError
 
 # Command-group modules, in the order `nucleisam --help` lists them.
@@ -50,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(handler(args) or 0)
     except NucleisamError as exc:
-        print(f"nucleisam: error: {exc}", file=sys.stderr)
+        message = name_flags(str(exc), vars(args), key=getattr(exc, "key", None))
+        print(f"nucleisam: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nucleisam: interrupted", file=sys.stderr)

@@ -219,10 +219,12 @@ def add_option(container: Any, name: str, *, from_config: bool = False, **change
     """Add the option ``name`` of :data:`OPTIONS` to a parser or argument group.
 
     ``changes`` replace fields of the definition for this command (e.g. ``required=True`` or a more
-    specific ``help``). With ``from_config`` an option left out stays ``None`` (a switch too), so that
-    a configuration file can set it. Deprecated spellings are added hidden, with a warning.
+    specific ``help``). With ``from_config`` an option that fills a configuration key stays ``None``
+    when left out (a switch too), so that a configuration file can set it. Deprecated spellings are
+    added hidden, with a warning.
     """
     option = dataclasses.replace(OPTIONS[name], **changes) if changes else OPTIONS[name]
+    from_config = from_config and option.key is not None
     default = None if from_config else option.default
     if option.switch:
         action = container.add_argument(option.flag, action="store_true",
@@ -281,10 +283,14 @@ def name_flags(message: str, present: Collection[str], key: str | None = None) -
     if not lookup:
         return message
 
+    def named(flag: str, text: str) -> bool:
+        return re.search(rf"{re.escape(flag)}(?![\w-])", text) is not None
+
     def in_place(match: re.Match[str]) -> str:
         option = lookup.get(match.group(1))
-        return f"({option.flag})" if option else match.group(0)
+        return f"({option.flag})" if option and not named(option.flag, original) else match.group(0)
 
+    original = message
     message = re.sub(r"\(([\w.]+)\)", in_place, message)
     found: list[tuple[int, Option]] = [(-1, lookup[key])] if key in lookup else []
     for name, option in lookup.items():
@@ -293,7 +299,7 @@ def name_flags(message: str, present: Collection[str], key: str | None = None) -
         if (match := re.search(pattern, message)) is not None:
             found.append((match.start(), option))
     flags = [flag for flag in dict.fromkeys(o.flag for _, o in sorted(found, key=lambda f: f[0]))
-             if not re.search(rf"{re.escape(flag)}(?![\w-])", message)]
+             if not named(flag, message)]
     if not flags:
         return message
     hint = f"(option{'s' if len(flags) > 1 else ''} {', '.join(flags)})"

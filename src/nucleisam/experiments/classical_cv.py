@@ -106,7 +106,7 @@ def run_baseline_fold(
     if not val:
         raise NucleisamError(
             f"{label} has no validation images to tune the baseline on (too few training images for "
-            f"--val-fraction {config.data.val_fraction}); use more images or a larger --val-fraction."
+            f"data.val_fraction {config.data.val_fraction}); use more images or a larger data.val_fraction."
         )
     val_tiles = [_load_tile(sample) for sample in val]
     tuning = tune_classical(val_tiles, config=config.classical, metric=config.select_metric)
@@ -184,8 +184,8 @@ def run_baseline(
     assert manifest is not None
     if given is not None and manifest.to_dict() != given.to_dict():
         raise NucleisamError(
-            f"--folds {folds} differs from the folds of the run in {out} ({saved_folds}); resume without "
-            "--folds, or start a new run in another --out folder."
+            f"fold manifest {folds} (folds) differs from the folds of the run in {out} ({saved_folds}); "
+            "resume without it, or start a new run in another output folder (out)."
         )
     ensure_output_dir(out)
     if not saved_folds.exists():

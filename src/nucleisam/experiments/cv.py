@@ -304,7 +304,9 @@ def run_cv(
     """Cross-validate ``config`` into ``out_dir``; returns the summary (also ``summary.json``)."""
     for index in only_folds or ():
         if not 0 <= index < config.data.k:
-            raise NucleisamError(f"--fold {index} does not exist: folds are 0–{config.data.k - 1} (data.k).")
+            raise NucleisamError(
+                f"fold {index} does not exist (only_folds): folds are 0–{config.data.k - 1} (data.k)."
+            )
     context = context or DistContext(device=_device(config))
     setup = prepare_run(config, out_dir, resume=resume, context=context, log=log)
     assert setup.manifest is not None

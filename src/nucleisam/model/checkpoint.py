@@ -39,8 +39,8 @@ def _manual_instructions(destination: Path, url: str | None = None) -> str:
     source = f"from {url}" if url else "from that address"
     return (
         f"Download the file by hand {source} (e.g. with a browser on a machine with internet access) and "
-        f"save it as {destination}; or pass --checkpoint PATH (Python: ModelConfig(weights=PATH)) to use "
-        f"a copy elsewhere; or set {HOME_ENV} to the folder that holds {CHECKPOINT_FILENAME}."
+        f"save it as {destination}; or use a copy elsewhere (model.weights); or set {HOME_ENV} to the "
+        f"folder that holds {CHECKPOINT_FILENAME}."
     )
 
 
@@ -128,7 +128,7 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
     file = Path(path)
     if not file.is_file():
         raise NucleisamError(
-            f"checkpoint {file} does not exist (--checkpoint). Give the path to mobile_sam.pt."
+            f"checkpoint {file} does not exist (model.weights). Give the path to mobile_sam.pt."
         )
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)

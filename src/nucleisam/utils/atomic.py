@@ -18,7 +18,7 @@ from typing import Any
 from nucleisam.errors import NucleisamError
 
 
-def ensure_output_dir(path: str | os.PathLike[str], *, option: str = "--out") -> Path:
+def ensure_output_dir(path: str | os.PathLike[str], *, option: str = "out") -> Path:
     """Create ``path`` (and parents) if needed and check that files can be written in it."""
     directory = Path(path)
     try:
