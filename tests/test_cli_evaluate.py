@@ -91,9 +91,9 @@ def test_evaluate_gt_folder_with_ambiguous_folder_and_json(
         labels = tifffile.imread(path)
         Image.fromarray(labels.astype(np.uint16)).save(gt_dir / f"{path.stem}.png")
         np.save(pred_dir / f"{path.stem}.npy", labels.astype(np.int64) * 7)  # same instances, other ids
-    code, stdout, _ = run_cli(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir),
-                               "--ambiguous", str(sample_root / ORGAN / "vague areas" / "mask binary"),
-                               "--json"], capsys)
+    code, stdout, _ = run_cli(["evaluate", "--pred", str(pred_dir), "--masks", str(gt_dir),
+                           "--vague-masks", str(sample_root / ORGAN / "vague areas" / "mask binary"),
+                           "--json"], capsys)
     assert code == 0
     summary = json.loads(stdout)
     assert summary["n_images"] == 2 and summary["missing_predictions"] == []
@@ -166,8 +166,9 @@ def test_ground_truth_source_is_required_and_exclusive(
         main(["evaluate", "--pred", str(tmp_path)])
     assert exit_info.value.code == 2
     with pytest.raises(SystemExit):
-        main(["evaluate", "--pred", str(tmp_path), "--gt", str(tmp_path), "--data", str(tmp_path)])
-    code, _, stderr = run_cli(["evaluate", "--pred", str(tmp_path / "nope"), "--gt", str(tmp_path)], capsys)
+        main(["evaluate", "--pred", str(tmp_path), "--masks", str(tmp_path), "--data", str(tmp_path)])
+    argv = ["evaluate", "--pred", str(tmp_path / "nope"), "--masks", str(tmp_path)]
+    code, _, stderr = run_cli(argv, capsys)
     assert code == 2 and "--pred" in stderr
 
 
@@ -239,7 +240,7 @@ def test_xml_ground_truth_is_read_as_the_data_commands_read_it(
         (annotations / f"{path.stem}.xml").write_text(xml)
     for sample in open_dataset(beside):
         tifffile.imwrite(pred_dir / f"{sample.stem}_labels.tif", sample.load_labels())
-    for source in (["--data", str(beside)], ["--images", str(beside), "--gt", str(annotations)]):
+    for source in (["--data", str(beside)], ["--images", str(beside), "--masks", str(annotations)]):
         code, stdout, err = run_cli(["evaluate", "--pred", str(pred_dir), *source, "--json"], capsys)
         assert code == 0, err
         summary = json.loads(stdout)

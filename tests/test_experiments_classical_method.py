@@ -190,7 +190,8 @@ def test_resume_redoes_only_unfinished_folds(run: Path, tmp_path: Path, sample_r
 def test_runs_without_torch_and_reuses_a_fold_manifest(small_root: Path, tmp_path: Path) -> None:
     """A fresh interpreter: the whole command never imports torch; --folds reuses a manifest."""
     folds = tmp_path / "folds.json"
-    assert main(["data", "folds", str(small_root), "--k", "3", "--seed", "7", "--out", str(folds)]) == 0
+    argv = ["data", "folds", "--data", str(small_root), "--k", "3", "--seed", "7", "--out", str(folds)]
+    assert main(argv) == 0
     out = tmp_path / "run"
     argv = ["baseline", "--data", str(small_root), "--folds", str(folds), "--out", str(out)]
     script = (
@@ -215,12 +216,13 @@ def test_runs_without_torch_and_reuses_a_fold_manifest(small_root: Path, tmp_pat
     [
         (["--data", "MISSING"], "data folder not found"),
         (["--data", "EMPTY"], "is empty"),
-        (["--data", "SMALL", "--k", "1"], "--k must be at least 2"),
+        (["--data", "SMALL", "--k", "1"], "'data.k' must be at least 2 (got 1) (option --k)"),
         (["--data", "SMALL", "--k", "4"], "cannot make k=4 folds from 3 images"),
-        (["--data", "SMALL", "--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),
+        (["--data", "SMALL", "--val-fraction", "1.5"], "must be in (0, 1) (got 1.5) (option --val-fraction)"),
         (["--data", "SMALL", "--folds", "MISSING.json"], "fold manifest not found"),
         (["--data", "SMALL", "--folds", "MISSING.json", "--k", "3"], "--folds FILE fixes the folds"),
-        (["--k", "3"], "no data: pass --data ROOT"),
+        (["--k", "3"], "no data: set data.root (a NuInsSeg-layout folder), or data.images with data.masks "
+                       "(folders of images and label maps) (options --data, --images, --masks)."),
     ],
 )
 def test_bad_input_is_a_clear_error_and_writes_nothing(

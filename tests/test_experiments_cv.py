@@ -177,7 +177,7 @@ def test_resume_runs_only_unfinished_folds(oracle_run: dict, data_root: Path, tm
 
 def test_only_the_wanted_folds_run(data_root: Path, tmp_path: Path) -> None:
     method = OracleMethod(_config(data_root))
-    with pytest.raises(NucleisamError, match="--fold 3 does not exist: folds are 0–2"):
+    with pytest.raises(NucleisamError, match=r"fold 3 does not exist \(only_folds\): folds are 0–2"):
         run_cv(method, tmp_path / "bad", only_folds=[3], log=lambda line: None)
     assert not (tmp_path / "bad").exists()
     summary = run_cv(method, tmp_path / "one", only_folds=[1], log=lambda line: None)

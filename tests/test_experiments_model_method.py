@@ -186,7 +186,7 @@ def test_train_all_writes_a_final_adapter_with_tuned_postprocessing(small_root: 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ([], "no data: pass --data ROOT"),
+        ([], "no data: set data.root (a NuInsSeg-layout folder)"),
         (["--set", "train.epochz=3"], "unknown configuration key 'train.epochz'"),
         (["--set", "model.input_size=100"], "input size 100 is not valid"),
         (["--data", "MISSING"], "MISSING"),
@@ -208,7 +208,7 @@ def test_train_unknown_fold_writes_nothing(
 ) -> None:
     out = tmp_path / "out"
     assert main(["train", "--data", str(small_root), "--out", str(out), "--fold", "5"]) == 2
-    assert "--fold 5 does not exist: folds are 0–4" in capsys.readouterr().err
+    assert "fold 5 does not exist (--fold): folds are 0–4 (--k)." in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -206,7 +206,7 @@ def test_offline_download_says_where_to_put_the_file(monkeypatch, tmp_path) -> N
     message = str(info.value)
     assert ckpt.CHECKPOINT_URL in message
     assert str(tmp_path / "home" / "mobile_sam.pt") in message
-    assert "--checkpoint" in message and "NUCLEISAM_HOME" in message
+    assert "(model.weights)" in message and "NUCLEISAM_HOME" in message
     assert list((tmp_path / "home").iterdir()) == []
 
 

@@ -85,9 +85,9 @@ def test_small_image_and_batch_sizes_agree(image: np.ndarray) -> None:
 
 
 def test_bad_options_are_clear_errors() -> None:
-    with pytest.raises(NucleisamError, match="--batch-size"):
+    with pytest.raises(NucleisamError, match="batch_size=0"):
         Predictor(label_fn=distance_watershed, batch_size=0)
-    with pytest.raises(NucleisamError, match="--overlap"):
+    with pytest.raises(NucleisamError, match="overlap="):
         Predictor(label_fn=distance_watershed, tile=64, overlap=80)
     with pytest.raises(NucleisamError, match="device 'quantum'"):
         Predictor.from_model(darkness_model(), postprocess=distance_watershed, device="quantum")

@@ -157,7 +157,7 @@ def test_ctrl_c_saves_mid_epoch_state_and_resume_is_exact(tmp_path: Path) -> Non
     sampler = torch.utils.data.DistributedSampler(range(8), num_replicas=1, rank=0, seed=3)
     sampler.set_epoch(1)
     data.trigger = (1, list(sampler)[4])
-    with pytest.raises(TrainingInterrupted, match="--resume") as info:
+    with pytest.raises(TrainingInterrupted, match=r"\(resume\)") as info:
         fit(make_model(), data, config, out_dir=tmp_path / "cut")
     state = read_train_state(info.value.checkpoint.parent)
     assert state["epoch"] == 1 and state["batches_done"] == 3 and state["step"] == 7

@@ -7,6 +7,7 @@ import math
 import sys
 from pathlib import Path
 
+from nucleisam.cli.options import add_option, add_options
 from nucleisam.errors import NucleisamError
 from nucleisam.exports import EXPORT_FORMATS, output_paths, parse_formats
 from nucleisam.utils.atomic import check_outputs_free, ensure_output_dir
@@ -23,27 +24,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files, folders (their images) or glob patterns (quote them; ** allowed)")
-    source = parser.add_argument_group("method (one of)")
-    source.add_argument("--adapter", metavar="FILE", help="fine-tuned adapter (.safetensors) from training")
-    source.add_argument("--method", choices=["model", "classical"], default=None,
-                        help="'classical': hematoxylin threshold + watershed, no model or weights; "
-                        "'model' (default with --adapter)")
-    parser.add_argument("--checkpoint", metavar="PATH",
-                        help="base MobileSAM checkpoint (default: the cached official mobile_sam.pt)")
-    parser.add_argument("--allow-checkpoint-mismatch", action="store_true",
-                        help="accept a base checkpoint other than the one the adapter was trained on")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
-    parser.add_argument("--formats", default=",".join(EXPORT_FORMATS), metavar="LIST",
-                        help=f"comma-separated subset of {','.join(EXPORT_FORMATS)} (default: all)")
-    parser.add_argument("--tile", type=int, default=512, help="tile size in pixels (default 512)")
-    parser.add_argument("--overlap", type=int, default=64,
-                        help="tile overlap in pixels, at least the largest nucleus diameter (default 64)")
-    parser.add_argument("--batch-size", type=int, default=4, help="tiles per network call (default 4)")
-    parser.add_argument("--device", default="auto",
-                        help="auto, cpu, cuda or cuda:N (default auto: a GPU if torch sees one)")
-    parser.add_argument("--mpp", type=float, default=None, metavar="MICRONS",
-                        help="microns per pixel: adds µm² areas to CSV/GeoJSON and resolution to the TIFF")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_option(parser.add_argument_group("data"), "mpp")
+    add_options(parser.add_argument_group("model"), ("adapter", "method", "checkpoint",
+                                                      "allow_checkpoint_mismatch"))
+    add_options(parser.add_argument_group("run"), ("tile", "overlap", "batch_size", "device"))
+    output = parser.add_argument_group("output")
+    add_option(output, "out", required=True)
+    add_option(output, "formats", help=f"comma-separated subset of {','.join(EXPORT_FORMATS)}",
+               default=",".join(EXPORT_FORMATS), default_text="all")
+    add_option(output, "overwrite")
     parser.set_defaults(handler=run_predict)
 
 

@@ -60,7 +60,7 @@ FINAL_DIR = "final"
 def _no_validation(label: str, val_fraction: float) -> NucleisamError:
     return NucleisamError(
         f"{label} has no validation images to select and tune on (too few training images for "
-        f"data.val_fraction={val_fraction}, --val-fraction); use more images or a larger fraction."
+        f"data.val_fraction={val_fraction}); use more images or a larger data.val_fraction."
     )
 
 
@@ -174,18 +174,18 @@ def prepare_run(
     if given is not None:
         config = with_manifest_folds(config, given)
     check_run_folder(out, config, resume=resume)
-    method.check()
     saved = out / FOLDS_FILE
     source = Path(folds) if folds is not None and not saved.exists() else saved
     samples, manifest = open_run_data(config.data, source if with_folds else None, log=log)
     if given is not None and manifest is not None and manifest.to_dict() != given.to_dict():
         raise NucleisamError(
-            f"--folds {folds} differs from the folds of the run in {out} ({saved}); resume without "
-            "--folds, or start a new run in another --out folder."
+            f"fold manifest {folds} (folds) differs from the folds of the run in {out} ({saved}); "
+            "resume without it, or start a new run in another output folder (out)."
         )
     unvalidated = [fold.index for fold in manifest.folds if not fold.val] if manifest is not None else []
     if unvalidated:
         raise _no_validation(f"fold {unvalidated[0]}", config.data.val_fraction)
+    method.check()
     method.processes.barrier()  # every process has checked the folder before the main one writes
     ensure_output_dir(out)
     if method.processes.is_main:
@@ -198,7 +198,7 @@ def prepare_run(
 def _check_folds_exist(only_folds: Sequence[int] | None, k: int) -> None:
     for index in only_folds or ():
         if not 0 <= index < k:
-            raise NucleisamError(f"--fold {index} does not exist: folds are 0–{k - 1} (data.k).")
+            raise NucleisamError(f"fold {index} does not exist (only_folds): folds are 0–{k - 1} (data.k).")
 
 
 def _run_folds(

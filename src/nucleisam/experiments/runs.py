@@ -214,16 +214,17 @@ def check_run_folder(out_dir: Path, config: Any, *, resume: bool) -> None:
         return
     if not resume:
         raise NucleisamError(
-            f"{out_dir} already holds a run ({CONFIG_FILE}); continue it with --resume or choose another "
-            "--out."
+            f"{out_dir} already holds a run ({CONFIG_FILE}); continue it (resume) or choose another output "
+            "folder (out)."
         )
     old, new = _flatten(to_dict(load_config(type(config), path))), _flatten(to_dict(config))
     changed = sorted(k for k in old.keys() | new.keys() if k not in RUNTIME_KEYS and old.get(k) != new.get(k))
     if changed:
         details = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed[:6])
         raise NucleisamError(
-            f"--resume: the configuration differs from the run's {path} ({details}). Resume with the same "
-            "options (e.g. --config of that file), or start a new run in another --out folder."
+            f"cannot resume (resume): the configuration differs from the run's {path} ({details}). Resume "
+            "with the same options, e.g. that file as the configuration (config), or start a new run in "
+            "another output folder (out)."
         )
 
 
@@ -240,8 +241,8 @@ def open_run_data(
     """
     if data.root is None and data.images is None:
         raise NucleisamError(
-            "no data: pass --data ROOT (or --images DIR --masks DIR, or set data.root / data.images in the "
-            "config)."
+            "no data: set data.root (a NuInsSeg-layout folder), or data.images with data.masks (folders "
+            "of images and label maps)."
         )
     dataset = open_dataset(
         data.root, images=data.images, masks=data.masks, binary_masks=data.binary_masks, strict=data.strict
@@ -253,7 +254,7 @@ def open_run_data(
     if not samples:
         raise NucleisamError(
             f"no usable images in the data ({len(dataset.problems)} problem(s) listed above); fix them or "
-            "point --data at another folder."
+            "point data.root at another folder."
         )
     if folds_path is None:
         return samples, None

@@ -273,8 +273,8 @@ def load_adapter(
             )
             if not allow_checkpoint_mismatch:
                 raise NucleisamError(
-                    f"{message} Pass the original checkpoint (--checkpoint PATH), or allow the mismatch "
-                    "(--allow-checkpoint-mismatch; predictions may be wrong)."
+                    f"{message} Pass the original checkpoint (checkpoint), or allow the mismatch "
+                    "(allow_checkpoint_mismatch) knowing that predictions may be wrong."
                 )
             warnings.warn(message + " Continuing because the mismatch is allowed.", UserWarning, stacklevel=2)
         model = assemble_model(config, state_dict=state, base_checkpoint_sha256=sha256, source=source)

@@ -238,7 +238,7 @@ def load_base_weights(weights: str) -> tuple[dict[str, torch.Tensor] | None, str
         message = (
             "nucleisam: building MobileSAM with RANDOM weights (weights='none'): no pretrained knowledge, "
             "results are meaningless until trained from scratch. Use `nucleisam weights download` or "
-            "--checkpoint PATH for the pretrained model."
+            "set model.weights to the path of mobile_sam.pt for the pretrained model."
         )
         warnings.warn(message, UserWarning, stacklevel=3)
         logger.warning(message)

@@ -82,7 +82,7 @@ class Predictor:
     ) -> None:
         check_tiling(tile, overlap)
         if batch_size < 1:
-            raise NucleisamError(f"--batch-size {batch_size} must be at least 1.")
+            raise NucleisamError(f"batch_size={batch_size} is not valid: it must be at least 1.")
         self.label_fn = label_fn
         self.map_fn = map_fn
         self.tile = tile
