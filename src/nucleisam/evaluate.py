@@ -111,7 +111,7 @@ class FolderEvaluation:
 
     def to_json(self) -> dict[str, Any]:
         def aggregates(summary: MetricSummary) -> dict[str, Any]:
-            data = summary.as_dict()
+            data = summary.to_dict()
             data.pop("per_image")
             return data
 

@@ -31,7 +31,7 @@ from nucleisam.model import build_model, save_adapter
 from nucleisam.model.inference import predict_maps, resolve_device
 from nucleisam.model.network import check_base_weights
 from nucleisam.postprocess import labels_from_maps, tune_postprocess
-from nucleisam.train.dataset import SampleCache, TileData, TrainingDataset
+from nucleisam.train.dataset import DecodedSample, SampleCache, TrainingDataset
 from nucleisam.train.distributed import DistContext
 from nucleisam.train.loop import CHECKPOINT_DIR, HISTORY_FILE, fit
 from nucleisam.train.state import load_weights_into, seed_everything
@@ -69,7 +69,7 @@ def _predict_maps(
 
 
 def _scores(
-    tiles: Sequence[TileData], maps: Sequence[Maps], postprocess: PostprocessConfig
+    tiles: Sequence[DecodedSample], maps: Sequence[Maps], postprocess: PostprocessConfig
 ) -> dict[str, float]:
     return mean_scores(
         (tile.labels, labels_from_maps(dict(tile_maps), postprocess), tile.ambiguous)
