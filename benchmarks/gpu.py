@@ -42,10 +42,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from nucleisam.config import ModelConfig, PostprocessConfig  # noqa: E402
 from nucleisam.data import instance_targets, load_nuinsseg  # noqa: E402
-from nucleisam.model import ModelConfig, build_model  # noqa: E402
+from nucleisam.model import build_model  # noqa: E402
 from nucleisam.model.inference import tile_map_fn  # noqa: E402
-from nucleisam.postprocess import PostprocessConfig, labels_from_maps  # noqa: E402
+from nucleisam.postprocess import labels_from_maps  # noqa: E402
 from nucleisam.train.losses import segmentation_loss  # noqa: E402
 
 FULL = {"train_size": 1024, "train_batch": 16, "infer_sizes": (512, 1024), "infer_batch": 64, "tile": 512,

@@ -78,9 +78,10 @@ def big_image(size: int) -> tuple[np.ndarray, np.ndarray]:
 def throughput(count: int, device: str) -> list[dict]:
     import torch
 
+    from nucleisam.config import ModelConfig, PostprocessConfig
     from nucleisam.data import instance_targets
-    from nucleisam.model import ModelConfig, build_model
-    from nucleisam.postprocess import PostprocessConfig, labels_from_maps
+    from nucleisam.model import build_model
+    from nucleisam.postprocess import labels_from_maps
     from nucleisam.predict.predictor import Predictor
 
     tiles = sample_tiles(count)
@@ -132,7 +133,7 @@ def random_lora_model(input_size: int):
     """NucleiSam (instance head) with random weights and a non-zero LoRA update (as after training)."""
     import torch
 
-    from nucleisam.model import ModelConfig
+    from nucleisam.config import ModelConfig
     from nucleisam.model.network import assemble_model
 
     torch.manual_seed(0)
@@ -299,7 +300,8 @@ def child(task: dict) -> dict:
         if task["method"] == "classical":
             predictor = Predictor.classical(tile=512, overlap=64)
         else:
-            from nucleisam.model import ModelConfig, build_model
+            from nucleisam.config import ModelConfig
+            from nucleisam.model import build_model
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

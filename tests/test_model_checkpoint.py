@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from nucleisam.config import ModelConfig
 from nucleisam.errors import NucleisamError
-from nucleisam.model import ModelConfig, build_model
+from nucleisam.model import build_model
 from nucleisam.model import checkpoint as ckpt
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -96,17 +97,55 @@ def test_a_pickle_that_would_run_code_is_refused_and_runs_nothing(tmp_path, writ
     assert not marker.exists()
 
 
-def test_unreadable_and_non_state_dict_files(tmp_path) -> None:
-    with pytest.raises(NucleisamError, match="does not exist"):
-        ckpt.load_state_dict_file(tmp_path / "absent.pt")
-    truncated = tmp_path / "truncated.pt"
-    truncated.write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(NucleisamError, match="cannot read checkpoint"):
-        ckpt.load_state_dict_file(truncated)
+def test_each_kind_of_bad_checkpoint_gets_its_own_message(tmp_path, synthetic_checkpoint) -> None:
+    """Missing, folder, empty, web page, text, truncated, garbage pickle, wrapped: each is told apart,
+    and no message ever suggests loading with weights_only=False."""
+    good = synthetic_checkpoint.read_bytes()
+    cases = {
+        "absent.pt": (None, "does not exist"),
+        "empty.pt": (b"", r"is empty \(0 bytes\)"),
+        "page.pt": (b"<!DOCTYPE html><html><body>Sign in</body></html>", r"is a web page \(HTML\)"),
+        "notes.pt": (b"these are not weights\n", "is a text file"),
+        "cut.pt": (good[: len(good) // 2], "is truncated or damaged"),
+        "zip-header.pt": (b"PK\x03\x04 not really a zip", "is truncated or damaged"),
+        "garbage.pt": (b"\x80\x02\xff\xfe\x00\x01junk", "damaged|truncated"),
+        "random.pt": (bytes(range(256)) * 4, "not a PyTorch or safetensors file"),
+    }
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        if content is not None:
+            path.write_bytes(content)
+        with pytest.raises(NucleisamError, match=message) as caught:
+            ckpt.load_state_dict_file(path)
+        assert str(path) in str(caught.value)
+        assert "weights_only" not in str(caught.value) and "trust" not in str(caught.value)
+    with pytest.raises(NucleisamError, match="is a folder"):
+        ckpt.load_state_dict_file(tmp_path)
     wrapped = tmp_path / "wrapped.pt"
     torch.save({"model": {"a": torch.zeros(1)}}, wrapped)
     with pytest.raises(NucleisamError, match="not a flat state_dict"):
         ckpt.load_state_dict_file(wrapped)
+
+
+def test_unsafe_pickle_message_names_the_object_and_no_unsafe_advice(tmp_path) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"a": torch.zeros(1), "trap": _CreatesMarker(tmp_path / "m")}, path)
+    with pytest.raises(NucleisamError, match=r"refused to load checkpoint .*refers to io\.open") as caught:
+        ckpt.load_state_dict_file(path)
+    assert "weights_only" not in str(caught.value)
+
+
+def test_a_safetensors_state_dict_loads_too(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    state = {"image_encoder.neck.0.weight": torch.arange(6.0).reshape(2, 3)}
+    save_file(state, tmp_path / "mobile_sam.safetensors")
+    loaded = ckpt.load_state_dict_file(tmp_path / "mobile_sam.safetensors")
+    assert torch.equal(loaded["image_encoder.neck.0.weight"], state["image_encoder.neck.0.weight"])
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes((tmp_path / "mobile_sam.safetensors").read_bytes()[:-5])
+    with pytest.raises(NucleisamError, match="safetensors file but cannot be read"):
+        ckpt.load_state_dict_file(cut)
 
 
 # --- cache location ------------------------------------------------------------------------------
@@ -167,7 +206,7 @@ def test_offline_download_says_where_to_put_the_file(monkeypatch, tmp_path) -> N
     message = str(info.value)
     assert ckpt.CHECKPOINT_URL in message
     assert str(tmp_path / "home" / "mobile_sam.pt") in message
-    assert "--checkpoint" in message and "NUCLEISAM_HOME" in message
+    assert "(model.weights)" in message and "NUCLEISAM_HOME" in message
     assert list((tmp_path / "home").iterdir()) == []
 
 

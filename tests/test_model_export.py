@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from nucleisam import __version__
+from nucleisam.config import ModelConfig
 from nucleisam.data import read_rgb
 from nucleisam.errors import NucleisamError
-from nucleisam.model import ModelConfig, NucleiSam, save_adapter
+from nucleisam.model import NucleiSam, save_adapter
 from nucleisam.model.export import export_adapter, read_export_metadata
 from nucleisam.model.inference import map_batch
 from nucleisam.model.network import assemble_model
@@ -39,7 +40,7 @@ def model() -> NucleiSam:
 def exported(model: NucleiSam, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("export")
     adapter = save_adapter(model, folder / "adapter.safetensors",
-                           extra_metadata={"postprocess": POSTPROCESS, "train_mpp": 0.25})
+                           extra_metadata={"postprocess": POSTPROCESS}, train_mpp=0.5)
     return {fmt: export_adapter(adapter, folder / f"model.{ext}", fmt)
             for fmt, ext in (("onnx", "onnx"), ("torchscript", "pt"))}
 
@@ -85,7 +86,7 @@ def test_metadata_carries_postprocessing_resolution_and_input(exported, fmt: str
     assert metadata["postprocess"]["foreground_threshold"] == 0.45
     assert metadata["postprocess"]["min_area"] == 12
     assert metadata["postprocess"]["center_threshold"] == 0.3  # defaults fill what was not recorded
-    assert metadata["train_mpp"] == 0.25
+    assert metadata["train_mpp"] == 0.5
     assert metadata["input_size"] == 256 and metadata["input"]["shape"] == ["batch", 3, 256, 256]
     assert metadata["outputs"] == ["foreground", "center_distance", "boundary_distance"]
     assert metadata["nucleisam_version"] == __version__ and metadata["file_format"] == fmt

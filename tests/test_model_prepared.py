@@ -7,8 +7,9 @@ import pytest
 import torch
 from kornia.models.tiny_vit import Attention, ConvBN, TinyViTBlock
 
+from nucleisam.config import ModelConfig
 from nucleisam.data import read_rgb
-from nucleisam.model import ModelConfig, NucleiSam
+from nucleisam.model import NucleiSam
 from nucleisam.model.inference import map_batch, predict_maps
 from nucleisam.model.lora import LoRALinear
 from nucleisam.model.network import assemble_model

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from nucleisam.config import TrainConfig
 from nucleisam.data import load_nuinsseg
 from nucleisam.errors import NucleisamError
-from nucleisam.train.config import TrainConfig
 from nucleisam.train.dataset import SampleCache, TrainingDataset
 from nucleisam.train.loop import NonFiniteLossError, TrainingInterrupted, fit
 from nucleisam.train.schedule import WarmupCosine
@@ -157,7 +157,7 @@ def test_ctrl_c_saves_mid_epoch_state_and_resume_is_exact(tmp_path: Path) -> Non
     sampler = torch.utils.data.DistributedSampler(range(8), num_replicas=1, rank=0, seed=3)
     sampler.set_epoch(1)
     data.trigger = (1, list(sampler)[4])
-    with pytest.raises(TrainingInterrupted, match="--resume") as info:
+    with pytest.raises(TrainingInterrupted, match=r"\(resume\)") as info:
         fit(make_model(), data, config, out_dir=tmp_path / "cut")
     state = read_train_state(info.value.checkpoint.parent)
     assert state["epoch"] == 1 and state["batches_done"] == 3 and state["step"] == 7
@@ -333,9 +333,29 @@ def test_resume_refuses_other_base_weights_and_malicious_state(tmp_path: Path) -
             return (os.system, (f"touch {tmp_path / 'pwned'}",))
 
     torch.save({"format": 1, "payload": Exploit()}, tmp_path / "run" / "checkpoint" / "train_state.pt")
-    with pytest.raises(NucleisamError, match="cannot read checkpoint"):
+    with pytest.raises(NucleisamError, match="cannot read checkpoint") as caught:
         read_train_state(tmp_path / "run" / "checkpoint")
     assert not (tmp_path / "pwned").exists()
+    assert "weights_only" not in str(caught.value)
+
+
+def test_resume_from_an_incomplete_train_state_is_a_clear_error(tmp_path: Path) -> None:
+    """A train_state.pt without its optimiser (edited, or written by something else) is named, not a
+    KeyError from the middle of the loop."""
+    data = dataset(tmp_path / "data", count=2)
+    config = TrainConfig(**dict(TINY, epochs=1))
+    fit(make_model(), data, config, out_dir=tmp_path / "run")
+    state_file = tmp_path / "run" / "checkpoint" / "train_state.pt"
+    state = torch.load(state_file, weights_only=True)
+    del state["optimizer"]
+    torch.save(state, state_file)
+    with pytest.raises(NucleisamError, match=r"train_state\.pt lacks optimizer"):
+        fit(make_model(), data, config, out_dir=tmp_path / "run", resume=True)
+    del state["history"]
+    state["optimizer"] = {}
+    torch.save(state, state_file)
+    with pytest.raises(NucleisamError, match=r"lacks history"):
+        fit(make_model(), data, config, out_dir=tmp_path / "run", resume=True)
 
 
 def test_torchrun_environment_detection(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -354,7 +374,8 @@ def test_torchrun_environment_detection(monkeypatch: pytest.MonkeyPatch) -> None
 def test_fit_with_the_real_model_trains_lora_and_leaves_frozen_parts_alone(tmp_path: Path) -> None:
     import warnings
 
-    from nucleisam.model import ModelConfig, build_model
+    from nucleisam.config import ModelConfig
+    from nucleisam.model import build_model
 
     torch.manual_seed(0)
     with warnings.catch_warnings():

@@ -41,7 +41,7 @@ from skimage.segmentation import find_boundaries
 from nucleisam.data.labels import PREDICTED_LABELS_SUFFIX, PREDICTED_OVERLAY_SUFFIX
 from nucleisam.errors import NucleisamError
 from nucleisam.morphometry import check_label_map, compact_labels, measure_nuclei
-from nucleisam.utils.atomic import atomic_output
+from nucleisam.utils.atomic import atomic_output, check_outputs_free
 
 #: Export formats in the order the CLI lists them.
 EXPORT_FORMATS: tuple[str, ...] = ("tiff", "geojson", "csv", "overlay")
@@ -60,14 +60,14 @@ _UUID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/nucleisam/n
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
-def parse_formats(text: str | Sequence[str], *, option: str = "--formats") -> tuple[str, ...]:
+def parse_formats(text: str | Sequence[str], *, option: str = "formats") -> tuple[str, ...]:
     """Parse ``"tiff,geojson"`` (or a sequence of names) into known format names, in order, once each."""
     items = text.split(",") if isinstance(text, str) else list(text)
     names = [item.strip().lower() for item in items if item.strip()]
     unknown = [name for name in names if name not in EXPORT_FORMATS]
     if unknown or not names:
         raise NucleisamError(
-            f"{option}: unknown format(s) {', '.join(unknown) or '(none given)'}; "
+            f"unknown format(s) {', '.join(unknown) or '(none given)'} ({option}); "
             f"choose from {','.join(EXPORT_FORMATS)}."
         )
     return tuple(dict.fromkeys(names))
@@ -76,18 +76,6 @@ def parse_formats(text: str | Sequence[str], *, option: str = "--formats") -> tu
 def output_paths(out_dir: str | os.PathLike[str], stem: str, formats: Iterable[str]) -> dict[str, Path]:
     """The file each format writes for the image ``stem`` in ``out_dir``."""
     return {name: Path(out_dir) / f"{stem}{_SUFFIXES[name]}" for name in formats}
-
-
-def check_outputs_free(paths: Iterable[str | os.PathLike[str]], *, overwrite: bool) -> None:
-    """Raise :class:`NucleisamError` naming the first existing path, unless ``overwrite``."""
-    if overwrite:
-        return
-    for path in paths:
-        if Path(path).exists():
-            raise NucleisamError(
-                f"output file {path} already exists; pass --overwrite (overwrite=True) to replace it "
-                "or choose another --out folder."
-            )
 
 
 def label_dtype(labels: np.ndarray) -> np.dtype:

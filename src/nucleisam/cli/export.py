@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nucleisam.exports import check_outputs_free
-from nucleisam.utils.atomic import ensure_output_dir
+from nucleisam.cli.options import add_option, add_options
+from nucleisam.utils.atomic import check_outputs_free, ensure_output_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,17 +19,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(B, 1, N, N). The file's metadata (key 'nucleisam') records the post-processing parameters, "
         "the training resolution and the input size.",
     )
-    parser.add_argument("--adapter", required=True, metavar="FILE", help="fine-tuned adapter (.safetensors)")
-    parser.add_argument("--format", required=True, choices=["onnx", "torchscript"], dest="file_format",
-                        help="onnx (ONNX Runtime, predict --backend onnxruntime) or torchscript (QuPath)")
-    parser.add_argument("--out", required=True, metavar="FILE", help="the file to write (.onnx or .pt)")
-    parser.add_argument("--input-size", type=int, default=None, metavar="N",
-                        help="fixed tile size of the file (default: the model input size, no resizing)")
-    parser.add_argument("--checkpoint", metavar="PATH",
-                        help="base MobileSAM checkpoint (default: the cached official mobile_sam.pt)")
-    parser.add_argument("--allow-checkpoint-mismatch", action="store_true",
-                        help="accept a base checkpoint other than the one the adapter was trained on")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    add_option(parser, "adapter", required=True)
+    add_option(parser, "file_format", required=True)
+    add_option(parser, "out", required=True, metavar="FILE", help="the file to write (.onnx or .pt)")
+    add_option(parser, "input_size", key=None, default=None, help="fixed tile size N of the file",
+               default_text="the model's input size: no resizing inside")
+    add_options(parser, ("checkpoint", "allow_checkpoint_mismatch"))
+    add_option(parser, "overwrite")
     parser.set_defaults(handler=run_export)
 
 

@@ -7,9 +7,10 @@ import math
 import sys
 from pathlib import Path
 
+from nucleisam.cli.options import add_option, add_options
 from nucleisam.errors import NucleisamError
-from nucleisam.exports import EXPORT_FORMATS, check_outputs_free, output_paths, parse_formats
-from nucleisam.utils.atomic import ensure_output_dir
+from nucleisam.exports import EXPORT_FORMATS, output_paths, parse_formats
+from nucleisam.utils.atomic import check_outputs_free, ensure_output_dir
 
 DEFAULT_TILE = 512
 
@@ -18,40 +19,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
         help="segment nuclei in images (any size) and export labels, GeoJSON, CSV, overlays",
-        description="Segment nuclei with a fine-tuned adapter (--adapter) or the classical baseline "
-        "(--method classical) in PNG/JPEG/TIFF images of any size (tiled, seam-free), and write per "
+        description="Segment nuclei with a fine-tuned adapter (--adapter), a model exported to ONNX "
+        "(--backend onnxruntime --model FILE.onnx) or the classical baseline (--method classical) in "
+        "PNG/JPEG/TIFF images of any size (tiled, seam-free), and write per "
         "image: <stem>_labels.tif, <stem>_nuclei.geojson (QuPath detections), <stem>_nuclei.csv, "
         "<stem>_overlay.png.",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files, folders (their images) or glob patterns (quote them; ** allowed)")
-    source = parser.add_argument_group("method (one of)")
-    source.add_argument("--adapter", metavar="FILE", help="fine-tuned adapter (.safetensors) from training")
-    source.add_argument("--method", choices=["model", "classical"], default=None,
-                        help="'classical': hematoxylin threshold + watershed, no model or weights; "
-                        "'model' (default with --adapter or --model)")
-    source.add_argument("--model", metavar="FILE.onnx",
-                        help="a model from `nucleisam export --format onnx`; needs --backend onnxruntime")
-    parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
-                        help="torch (default): the adapter in PyTorch; onnxruntime: the --model file in ONNX "
-                        "Runtime (CPU; faster than torch on a CPU, see README)")
-    parser.add_argument("--checkpoint", metavar="PATH",
-                        help="base MobileSAM checkpoint (default: the cached official mobile_sam.pt)")
-    parser.add_argument("--allow-checkpoint-mismatch", action="store_true",
-                        help="accept a base checkpoint other than the one the adapter was trained on")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
-    parser.add_argument("--formats", default=",".join(EXPORT_FORMATS), metavar="LIST",
-                        help=f"comma-separated subset of {','.join(EXPORT_FORMATS)} (default: all)")
-    parser.add_argument("--tile", type=int, default=None,
-                        help="tile size in pixels (default 512; with --model the file's input size)")
-    parser.add_argument("--overlap", type=int, default=64,
-                        help="tile overlap in pixels, at least the largest nucleus diameter (default 64)")
-    parser.add_argument("--batch-size", type=int, default=4, help="tiles per network call (default 4)")
-    parser.add_argument("--device", default="auto",
-                        help="auto, cpu, cuda or cuda:N (default auto: a GPU if torch sees one)")
-    parser.add_argument("--mpp", type=float, default=None, metavar="MICRONS",
-                        help="microns per pixel: adds µm² areas to CSV/GeoJSON and resolution to the TIFF")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_option(parser.add_argument_group("data"), "mpp")
+    add_options(parser.add_argument_group("model"), ("adapter", "method", "checkpoint",
+                                                      "allow_checkpoint_mismatch", "model", "backend"))
+    add_options(parser.add_argument_group("run"), ("tile", "overlap", "batch_size", "device"))
+    output = parser.add_argument_group("output")
+    add_option(output, "out", required=True)
+    add_option(output, "formats", help=f"comma-separated subset of {','.join(EXPORT_FORMATS)}",
+               default=",".join(EXPORT_FORMATS), default_text="all")
+    add_option(output, "overwrite")
     parser.set_defaults(handler=run_predict)
 
 

@@ -1,7 +1,7 @@
-"""Data layer: readers (NuInsSeg, folders, XML), folds, transforms, augmentation, training targets."""
+"""Data layer: readers (NuInsSeg, folders, XML, whole slides), folds, transforms, augmentation,
+training targets."""
 
 from nucleisam.data.aperio_xml import rasterize_polygons, read_xml_instances, read_xml_polygons
-from nucleisam.data.config import DataConfig
 from nucleisam.data.datasets import (
     Dataset,
     Sample,
@@ -20,8 +20,23 @@ from nucleisam.data.labels import (
     read_binary_mask,
     read_label_map,
 )
+from nucleisam.data.slides import (
+    NUINSSEG_MPP,
+    ArraySlide,
+    SlideImage,
+    open_image,
+    working_level,
+)
 from nucleisam.data.summary import DatasetSummary, summarize
 from nucleisam.data.targets import instance_targets
+from nucleisam.data.tissue import (
+    TissueMask,
+    detect_tissue,
+    read_tissue_mask,
+    tile_has_tissue,
+    tissue_mask_for,
+    tissue_mask_from_option,
+)
 from nucleisam.data.transforms import (
     Augmented,
     Augmenter,
@@ -36,15 +51,19 @@ from nucleisam.data.transforms import (
 __all__ = [
     "IMAGE_SUFFIXES",
     "LABEL_SUFFIXES",
+    "NUINSSEG_MPP",
+    "ArraySlide",
     "Augmented",
     "Augmenter",
-    "DataConfig",
     "Dataset",
     "DatasetSummary",
     "Fold",
     "FoldManifest",
     "Sample",
+    "SlideImage",
+    "TissueMask",
     "count_instances",
+    "detect_tissue",
     "from_model_output",
     "instance_targets",
     "is_nuinsseg_root",
@@ -54,18 +73,24 @@ __all__ = [
     "longest_side_shape",
     "make_folds",
     "open_dataset",
+    "open_image",
     "parse_organ_folder",
     "probe_image",
     "rasterize_polygons",
     "read_binary_mask",
     "read_label_map",
     "read_rgb",
+    "read_tissue_mask",
     "read_xml_instances",
     "read_xml_polygons",
     "resize_image",
     "resize_map",
     "resize_nearest",
     "summarize",
+    "tile_has_tissue",
+    "tissue_mask_for",
+    "tissue_mask_from_option",
     "to_model_input",
     "to_rgb_uint8",
+    "working_level",
 ]

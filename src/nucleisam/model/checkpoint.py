@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,8 +40,8 @@ def _manual_instructions(destination: Path, url: str | None = None) -> str:
     source = f"from {url}" if url else "from that address"
     return (
         f"Download the file by hand {source} (e.g. with a browser on a machine with internet access) and "
-        f"save it as {destination}; or pass --checkpoint PATH (Python: ModelConfig(weights=PATH)) to use "
-        f"a copy elsewhere; or set {HOME_ENV} to the folder that holds {CHECKPOINT_FILENAME}."
+        f"save it as {destination}; or use a copy elsewhere (model.weights); or set {HOME_ENV} to the "
+        f"folder that holds {CHECKPOINT_FILENAME}."
     )
 
 
@@ -115,33 +116,66 @@ def find_checkpoint(*, download: bool = True, progress: bool = True) -> Path:
     )
 
 
+_REDOWNLOAD = (
+    "Download it again with `nucleisam weights download --force`, or give the official mobile_sam.pt."
+)
+
+
+def _file_kind(head: bytes) -> str:
+    """What the first bytes of a weights file say it is: ``torch-zip``, ``pickle``,
+    ``safetensors``, ``html``, ``text`` or ``unknown``."""
+    if head.startswith(b"PK\x03\x04"):
+        return "torch-zip"
+    if head[:1] == b"\x80":  # pickle protocol marker: PyTorch's legacy (pre-1.6) format
+        return "pickle"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "safetensors"
+    stripped = head.lstrip().lower()
+    if stripped.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
+        return "html"
+    if head and all(32 <= byte < 127 or byte in b"\t\r\n" for byte in head):
+        return "text"
+    return "unknown"
+
+
+def _unsafe_global(exc: BaseException) -> str | None:
+    """The disallowed class a weights-only unpickler met, if that is why it stopped."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    return found.group(1) if found else None
+
+
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read a flat ``state_dict`` saved with ``torch.save``, safely.
+    """Read a flat ``state_dict`` (``torch.save`` file or ``.safetensors``), safely.
 
     Only tensors and plain containers are accepted (``torch.load(weights_only=True)``): a file that
     would construct any other object (which in a pickle can mean running arbitrary code) is refused
-    before anything in it runs.
+    before anything in it runs. Failures are told apart — missing, empty, truncated, not a weights
+    file at all (a web page, text), unsafe objects, not a flat mapping — and never answered with
+    advice to load unsafely.
 
     Raises:
-        NucleisamError: unreadable, unsafe, or not a mapping of names to tensors.
+        NucleisamError: naming the file and what is wrong with it.
     """
     file = Path(path)
+    if file.is_dir():
+        raise NucleisamError(f"checkpoint {file} is a folder; give the path of mobile_sam.pt inside it.")
     if not file.is_file():
         raise NucleisamError(
-            f"checkpoint {file} does not exist (--checkpoint). Give the path to mobile_sam.pt."
+            f"checkpoint {file} does not exist (model.weights). Give the path to mobile_sam.pt."
         )
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise NucleisamError(
-            f"refused to load {file}: it contains objects other than tensors, which could run code when "
-            f"unpickled ({str(exc).splitlines()[0]}). Use the official mobile_sam.pt or a plain state_dict."
-        ) from exc
-    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise NucleisamError(
-            f"cannot read checkpoint {file}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. "
-            "Is it a complete PyTorch .pt file? Download it again with `nucleisam weights download --force`."
-        ) from exc
+        with open(file, "rb") as handle:
+            head = handle.read(64)
+    except OSError as exc:
+        raise NucleisamError(f"cannot read checkpoint {file}: {exc.strerror or exc}.") from exc
+    if not head:
+        raise NucleisamError(f"checkpoint {file} is empty (0 bytes): an interrupted download? {_REDOWNLOAD}")
+    kind = _file_kind(head)
+    if kind in ("html", "text", "unknown"):
+        what = {"html": "a web page (HTML), e.g. an error or login page saved instead of the file",
+                "text": "a text file", "unknown": "not a PyTorch or safetensors file"}[kind]
+        raise NucleisamError(f"checkpoint {file} is {what}, not model weights. {_REDOWNLOAD}")
+    state = _read_safetensors(file) if kind == "safetensors" else _read_torch(file)
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
@@ -150,6 +184,41 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
             "mobile_sam.pt."
         )
     return dict(state)
+
+
+def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(file, device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise NucleisamError(
+            f"checkpoint {file} looks like a safetensors file but cannot be read ({exc}): truncated? "
+            f"{_REDOWNLOAD}"
+        ) from exc
+
+
+def _read_torch(file: Path) -> object:
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        unsafe = _unsafe_global(exc)
+        if unsafe is None:
+            raise NucleisamError(
+                f"checkpoint {file} is damaged (its pickle data cannot be read). {_REDOWNLOAD}"
+            ) from exc
+        raise NucleisamError(
+            f"refused to load checkpoint {file}: besides tensors it refers to {unsafe}, and rebuilding "
+            "that from a pickle can run code. Use the official mobile_sam.pt or a plain state_dict of "
+            "tensors (or a .safetensors file)."
+        ) from exc
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError, KeyError, IndexError) as exc:
+        damaged = isinstance(exc, EOFError | zipfile.BadZipFile | RuntimeError)
+        raise NucleisamError(
+            f"checkpoint {file} is {'truncated or damaged' if damaged else 'unreadable'} "
+            f"({type(exc).__name__}): not a complete PyTorch file. {_REDOWNLOAD}"
+        ) from exc
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ when the adapter records it) and where the model came from.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os
@@ -31,8 +30,14 @@ import torch
 from torch import nn
 
 from nucleisam import __version__
+from nucleisam.config import to_dict
 from nucleisam.errors import NucleisamError
-from nucleisam.model.adapter import adapter_postprocess, load_adapter
+from nucleisam.model.adapter import (
+    adapter_postprocess,
+    adapter_train_mpp,
+    load_adapter,
+    model_entry,
+)
 from nucleisam.model.heads import INSTANCE_MAPS
 from nucleisam.model.mobilesam import check_input_size
 from nucleisam.model.network import NucleiSam
@@ -84,10 +89,11 @@ def export_metadata(
     """The JSON document stored in an exported file.
 
     ``source`` is the adapter's metadata (post-processing parameters, ``train_mpp``) plus where it
-    came from; without it, default post-processing and no training resolution are recorded.
+    came from (``file``, ``sha256``); without it, default post-processing and no training
+    resolution are recorded.
     """
     source = source or {}
-    postprocess = adapter_postprocess(source, source.get("file", "the adapter"))
+    postprocess = adapter_postprocess(source, source.get("file", "(no adapter)"))
     return {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_FORMAT_VERSION,
@@ -103,9 +109,9 @@ def export_metadata(
         "outputs": list(output_names(model)),
         "output_shape": ["batch", 1, input_size, input_size],
         "foreground": "probability (sigmoid applied)",
-        "postprocess": dataclasses.asdict(postprocess),
-        "train_mpp": source.get("train_mpp"),
-        "model": model.config.to_dict(),
+        "postprocess": to_dict(postprocess),
+        "train_mpp": adapter_train_mpp(source) if source else None,
+        "model": model_entry(model.config),
         "base_checkpoint_sha256": model.base_checkpoint_sha256,
         "adapter": {key: source[key] for key in ("file", "sha256") if key in source},
     }

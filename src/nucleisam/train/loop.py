@@ -37,8 +37,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
+from nucleisam.config import TrainConfig
 from nucleisam.errors import NucleisamError
-from nucleisam.train.config import TrainConfig
 from nucleisam.train.dataset import TARGET_KEYS, EpochSampler, pad_collate
 from nucleisam.train.distributed import DistContext
 from nucleisam.train.losses import segmentation_loss
@@ -55,6 +55,8 @@ from nucleisam.utils.tables import write_rows_csv
 
 CHECKPOINT_DIR = "checkpoint"
 HISTORY_FILE = "history.csv"
+#: The loop's own bookkeeping in ``train_state.pt``, all read back on resume.
+LOOP_STATE_KEYS = ("history", "best_epoch", "best_score", "best_file", "batches_done", "partial_sums")
 
 _OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
     {getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError}
@@ -225,7 +227,9 @@ class Trainer:
 
     def restore(self) -> bool:
         """Load the checkpoint of ``out_dir`` if there is one; True when resumed."""
-        state = load_checkpoint(self.ckpt_dir, model=self.model, optimizer=self.optimizer)
+        state = load_checkpoint(
+            self.ckpt_dir, model=self.model, optimizer=self.optimizer, required=LOOP_STATE_KEYS
+        )
         if state is None:
             return False
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
@@ -308,7 +312,7 @@ class Trainer:
             f"{self.label + ': ' if self.label else ''}training loss became {means['loss']} at epoch "
             f"{self.epoch + 1}, optimiser step {self.step + 1}; that step was not applied and {kept}. "
             f"Lower train.lr (now {self.config.lr}), set train.grad_clip, or check the training images "
-            "and masks; then continue with --resume."
+            "and masks; then continue the run (resume)."
         )
 
     def _apply_step(self) -> float:
@@ -364,8 +368,8 @@ class Trainer:
                 path = self.save()
                 self.say(f"stopped at epoch {self.epoch + 1}, batch {position + 1}; saved in {path.parent}")
                 raise TrainingInterrupted(
-                    f"training interrupted; state saved in {path.parent}. Run the same command with --resume "
-                    "to continue.",
+                    f"training interrupted; state saved in {path.parent}. Continue by resuming the run "
+                    "(resume).",
                     path,
                 )
         progress.close()
@@ -440,7 +444,7 @@ class Trainer:
                     if stop.requested:
                         raise TrainingInterrupted(
                             f"training interrupted after epoch {self.epoch}; state saved in {self.ckpt_dir}. "
-                            "Run the same command with --resume to continue.",
+                            "Continue by resuming the run (resume).",
                             self.ckpt_dir / "train_state.pt",
                         )
             except _OOM_ERRORS as exc:
