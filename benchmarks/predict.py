@@ -158,10 +158,11 @@ def forward_gflop(model, size: int) -> float:
 def cpu_paths(count: int, compile_model: bool, threads: int) -> dict:
     import torch
 
+    from nucleisam.config import PostprocessConfig
     from nucleisam.model.export import export_model
     from nucleisam.model.inference import tile_map_fn
     from nucleisam.model.onnx_runtime import OnnxMapFn
-    from nucleisam.postprocess import PostprocessConfig, labels_from_maps
+    from nucleisam.postprocess import labels_from_maps
 
     if threads:
         torch.set_num_threads(threads)
