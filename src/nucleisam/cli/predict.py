@@ -1,28 +1,31 @@
-"""`nucleisam predict`: segment nuclei in images of any size and export them."""
+"""`nucleisam predict`: segment nuclei in images and whole slides of any size, and export them."""
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
-from pathlib import Path
 
 from nucleisam.errors import NucleisamError
-from nucleisam.exports import EXPORT_FORMATS, check_outputs_free, output_paths, parse_formats
-from nucleisam.utils.atomic import ensure_output_dir
+from nucleisam.exports import EXPORT_FORMATS
+from nucleisam.exports.slides import DEFAULT_SLIDE_FORMATS, SLIDE_FORMATS
+from nucleisam.predict.slide import CHUNK_TILES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="segment nuclei in images (any size) and export labels, GeoJSON, CSV, overlays",
+        help="segment nuclei in images and whole slides; export labels, GeoJSON, CSV/Parquet, overlays",
         description="Segment nuclei with a fine-tuned adapter (--adapter) or the classical baseline "
-        "(--method classical) in PNG/JPEG/TIFF images of any size (tiled, seam-free), and write per "
-        "image: <stem>_labels.tif, <stem>_nuclei.geojson (QuPath detections), <stem>_nuclei.csv, "
-        "<stem>_overlay.png.",
+        "(--method classical) in PNG/JPEG/TIFF images (tiled, seam-free) and whole slides (SVS, NDPI, "
+        "MRXS, SCN, OME-TIFF, pyramidal TIFF; streamed chunk by chunk, optionally on Dask). Per image: "
+        "<stem>_labels.tif, <stem>_nuclei.geojson (QuPath detections), <stem>_nuclei.csv, "
+        "<stem>_overlay.png; per slide: <stem>_nuclei.parquet/.csv/.geojson, <stem>_labels.zarr "
+        "(OME-Zarr), <stem>_overlay.png (thumbnail), <stem>_tissue.png. <out>/manifest.csv records every "
+        "input; rerunning skips those done with the same method and parameters.",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="image files, folders (their images) or glob patterns (quote them; ** allowed)")
+                        help="images or slides: files, folders (their images), glob patterns (quote them; "
+                        "** allowed) or CSV lists of paths")
     source = parser.add_argument_group("method (one of)")
     source.add_argument("--adapter", metavar="FILE", help="fine-tuned adapter (.safetensors) from training")
     source.add_argument("--method", choices=["model", "classical"], default=None,
@@ -33,16 +36,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--allow-checkpoint-mismatch", action="store_true",
                         help="accept a base checkpoint other than the one the adapter was trained on")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
-    parser.add_argument("--formats", default=",".join(EXPORT_FORMATS), metavar="LIST",
-                        help=f"comma-separated subset of {','.join(EXPORT_FORMATS)} (default: all)")
+    formats = ",".join(dict.fromkeys(EXPORT_FORMATS + SLIDE_FORMATS))
+    parser.add_argument("--formats", default=None, metavar="LIST",
+                        help=f"comma-separated subset of {formats} (default: images "
+                        f"{','.join(EXPORT_FORMATS)}; slides {','.join(DEFAULT_SLIDE_FORMATS)})")
     parser.add_argument("--tile", type=int, default=512, help="tile size in pixels (default 512)")
     parser.add_argument("--overlap", type=int, default=64,
                         help="tile overlap in pixels, at least the largest nucleus diameter (default 64)")
     parser.add_argument("--batch-size", type=int, default=4, help="tiles per network call (default 4)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--mpp", type=float, default=None, metavar="MICRONS",
-                        help="microns per pixel: adds µm² areas to CSV/GeoJSON and resolution to the TIFF")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+                        help="microns per level-0 pixel: overrides what slides record; for images adds µm² "
+                        "areas to CSV/GeoJSON and resolution to the TIFF")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo every input and replace existing output files")
+    slides = parser.add_argument_group("whole slides")
+    slides.add_argument("--tissue", default="auto", metavar="auto|none|MASK.png",
+                        help="segment only tissue: detected on the thumbnail (auto, default), everywhere "
+                        "(none), or where a mask image (any size, white = tissue) says")
+    slides.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="Dask LocalCluster of N single-threaded worker processes (0 or 1: this process)")
+    slides.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="run on an existing Dask cluster, e.g. tcp://host:8786 (dask-jobqueue on SLURM)")
+    slides.add_argument("--chunk-tiles", type=int, default=CHUNK_TILES, metavar="K",
+                        help=f"tiles per side of a chunk, the unit of work (default {CHUNK_TILES})")
     parser.set_defaults(handler=run_predict)
 
 
@@ -60,12 +77,9 @@ def _method(args: argparse.Namespace) -> str:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from nucleisam.data.imageio import read_rgb
-    from nucleisam.exports import export_all
-    from nucleisam.predict.inputs import check_unique_stems, expand_inputs
-    from nucleisam.predict.predictor import Predictor, resolve_device
+    from nucleisam.batch import CohortOptions, check_formats, run_cohort
+    from nucleisam.predict.distributed import MethodSpec, default_torch_threads
+    from nucleisam.predict.predictor import resolve_device
     from nucleisam.predict.tiling import check_tiling
 
     method = _method(args)
@@ -76,35 +90,19 @@ def run_predict(args: argparse.Namespace) -> int:
     check_tiling(args.tile, args.overlap)
     if args.batch_size < 1:
         raise NucleisamError(f"--batch-size {args.batch_size} must be at least 1.")
-    formats = parse_formats(args.formats)
-    images = expand_inputs(args.inputs)
-    check_unique_stems(images)
-    out = ensure_output_dir(args.out)
-    # Every target checked before the (slow) model load and the first image.
-    for image_path in images:
-        check_outputs_free(output_paths(out, image_path.stem, formats).values(), overwrite=args.overwrite)
-
-    if method == "classical":
-        predictor = Predictor.classical(tile=args.tile, overlap=args.overlap)
-    else:
-        predictor = Predictor.from_adapter(
-            args.adapter, checkpoint=args.checkpoint, device=args.device, tile=args.tile,
-            overlap=args.overlap, batch_size=args.batch_size,
-            allow_checkpoint_mismatch=args.allow_checkpoint_mismatch,
-        )
-
-    total_nuclei = 0
-    with tqdm(images, desc="images", unit="image", file=sys.stderr, disable=None) as bar:
-        for image_path in bar:
-            image = read_rgb(image_path)
-            with tqdm(desc=image_path.name, unit="tile", leave=False, file=sys.stderr, disable=None) as tiles:
-                result = predictor.predict(image, on_tile_done=tiles.update)
-            export_all(result.labels, image, out, image_path.stem, formats=formats, mpp=args.mpp,
-                       overwrite=args.overwrite)
-            total_nuclei += result.n_nuclei
-            height, width = image.shape[:2]
-            bar.write(f"{image_path}: {result.n_nuclei:,} nuclei in {result.seconds:.1f} s "
-                      f"({width}×{height} px, {result.n_tiles} tiles)", file=sys.stdout)
-    print(f"{len(images)} image(s), {total_nuclei:,} nuclei ({predictor.description}); "
-          f"outputs in {Path(out)}")
+    if args.workers < 0:
+        raise NucleisamError(f"--workers {args.workers} must be 0 or more.")
+    if args.chunk_tiles < 1:
+        raise NucleisamError(f"--chunk-tiles {args.chunk_tiles} must be at least 1.")
+    formats = check_formats(args.formats.split(",")) if args.formats is not None else None
+    spec = MethodSpec(
+        kind=method, adapter=args.adapter, checkpoint=args.checkpoint, device=args.device, tile=args.tile,
+        overlap=args.overlap, batch_size=args.batch_size,
+        allow_checkpoint_mismatch=args.allow_checkpoint_mismatch,
+        torch_threads=default_torch_threads(args.workers) if args.workers > 1 else None,
+    )
+    options = CohortOptions(method=spec, formats=formats, tissue=args.tissue, mpp=args.mpp,
+                            overwrite=args.overwrite, workers=args.workers, scheduler=args.scheduler,
+                            chunk_tiles=args.chunk_tiles)
+    run_cohort(args.inputs, args.out, options)
     return 0

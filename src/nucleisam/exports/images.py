@@ -43,7 +43,7 @@ from nucleisam.utils.atomic import atomic_output
 
 #: Export formats in the order the CLI lists them.
 EXPORT_FORMATS: tuple[str, ...] = ("tiff", "geojson", "csv", "overlay")
-_SUFFIXES: dict[str, str] = {
+OUTPUT_SUFFIXES: dict[str, str] = {
     "tiff": f"{PREDICTED_LABELS_SUFFIX}.tif",
     "geojson": "_nuclei.geojson",
     "csv": "_nuclei.csv",
@@ -72,7 +72,7 @@ def parse_formats(text: str | Sequence[str], *, option: str = "--formats") -> tu
 
 def output_paths(out_dir: str | os.PathLike[str], stem: str, formats: Iterable[str]) -> dict[str, Path]:
     """The file each format writes for the image ``stem`` in ``out_dir``."""
-    return {name: Path(out_dir) / f"{stem}{_SUFFIXES[name]}" for name in formats}
+    return {name: Path(out_dir) / f"{stem}{OUTPUT_SUFFIXES[name]}" for name in formats}
 
 
 def check_outputs_free(paths: Iterable[str | os.PathLike[str]], *, overwrite: bool) -> None:

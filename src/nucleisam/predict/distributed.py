@@ -54,6 +54,18 @@ class MethodSpec:
     torch_threads: int | None = None
 
 
+def method_mpp(spec: MethodSpec) -> float:
+    """The resolution (µm per pixel) ``spec`` works at: the one its adapter was trained at, as recorded
+    in it; the NuInsSeg tiles' for the classical baseline, tuned on them."""
+    from nucleisam.data.slides import NUINSSEG_MPP
+
+    if spec.kind == "model" and spec.adapter:
+        from nucleisam.model import read_adapter_metadata
+
+        return float(read_adapter_metadata(spec.adapter).get("mpp") or NUINSSEG_MPP)
+    return NUINSSEG_MPP
+
+
 _PREDICTORS: dict[MethodSpec, Predictor] = {}
 _SLIDES: OrderedDict[tuple[str, float | None], Any] = OrderedDict()
 

@@ -66,17 +66,17 @@ class SlideGeometry:
         return abs(self.level_scale - 1.0) > 1e-6
 
 
-def slide_geometry(slide: Any, target_mpp: float, level: int) -> SlideGeometry:
-    """The working image of ``slide`` at ``target_mpp``, read from pyramid ``level``."""
+def slide_geometry(slide: Any, level: int, factor: float) -> SlideGeometry:
+    """The working image of ``slide`` read from pyramid ``level`` and resampled by ``factor`` (working
+    pixels per level pixel, as :func:`~nucleisam.data.slides.working_level` returns them)."""
     if slide.mpp is None:
         raise NucleisamError(
             f"slide {slide.path} records no pixel size (microns per pixel); pass --mpp MICRONS."
         )
-    scale = target_mpp / slide.mpp
-    width0, height0 = slide.dimensions
-    width, height = max(1, round(width0 / scale)), max(1, round(height0 / scale))
-    level_scale = scale / float(slide.level_downsamples[level])
-    return SlideGeometry(width, height, float(target_mpp), scale, level, level_scale, float(slide.mpp))
+    level_width, level_height = slide.level_dimensions[level]
+    width, height = max(1, round(level_width * factor)), max(1, round(level_height * factor))
+    scale = float(slide.level_downsamples[level]) / factor
+    return SlideGeometry(width, height, slide.mpp * scale, scale, level, 1.0 / factor, float(slide.mpp))
 
 
 def read_working_region(
