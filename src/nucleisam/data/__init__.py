@@ -1,4 +1,5 @@
-"""Data layer: readers (NuInsSeg, folders, XML), folds, transforms, augmentation, training targets."""
+"""Data layer: readers (NuInsSeg, folders, XML, whole slides), folds, transforms, augmentation,
+training targets."""
 
 from nucleisam.data.aperio_xml import rasterize_polygons, read_xml_instances, read_xml_polygons
 from nucleisam.data.config import DataConfig
@@ -20,6 +21,13 @@ from nucleisam.data.labels import (
     read_binary_mask,
     read_label_map,
 )
+from nucleisam.data.slides import (
+    NUINSSEG_MPP,
+    ArraySlide,
+    SlideImage,
+    open_image,
+    working_level,
+)
 from nucleisam.data.summary import DatasetSummary, summarize
 from nucleisam.data.targets import instance_targets
 from nucleisam.data.transforms import (
@@ -36,6 +44,8 @@ from nucleisam.data.transforms import (
 __all__ = [
     "IMAGE_SUFFIXES",
     "LABEL_SUFFIXES",
+    "NUINSSEG_MPP",
+    "ArraySlide",
     "Augmented",
     "Augmenter",
     "DataConfig",
@@ -44,6 +54,7 @@ __all__ = [
     "Fold",
     "FoldManifest",
     "Sample",
+    "SlideImage",
     "count_instances",
     "from_model_output",
     "instance_targets",
@@ -54,6 +65,7 @@ __all__ = [
     "longest_side_shape",
     "make_folds",
     "open_dataset",
+    "open_image",
     "parse_organ_folder",
     "probe_image",
     "rasterize_polygons",
@@ -68,4 +80,5 @@ __all__ = [
     "summarize",
     "to_model_input",
     "to_rgb_uint8",
+    "working_level",
 ]
