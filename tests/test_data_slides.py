@@ -276,3 +276,16 @@ def test_openslide_reads_generic_tiled_tiff_like_tifffile(slides):
                 by_tifffile.read_region((128, 64), level, (333, 222)),
             )
         np.testing.assert_array_equal(by_openslide.thumbnail(300), by_tifffile.thumbnail(300))
+
+
+def test_pyramid_with_uneven_factors_has_every_level(canvas, tmp_path):
+    """tifffile splits a 1, 4, 8 pyramid into two series; the slide still has all three levels."""
+    path = write_slide(tmp_path / "uneven.tif", canvas.image, mpp=0.25, factors=(1, 4, 8))
+    with open_image(path) as slide:
+        assert slide.backend == "tifffile"
+        assert slide.level_dimensions == ((2048, 1536), (512, 384), (256, 192))
+        assert slide.level_downsamples == (1.0, 4.0, 8.0)
+        np.testing.assert_array_equal(
+            slide.read_region((512, 512), 2, (128, 64)), downsample_level(canvas.image, 8)[64:128, 64:192]
+        )
+        assert working_level(slide, 1.0) == (1, 1.0) and working_level(slide, 2.0) == (2, 1.0)

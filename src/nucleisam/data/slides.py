@@ -278,10 +278,9 @@ class TiffSlide(SlideImage):
         series = tif.series[0]
         self._tif: tifffile.TiffFile | None = tif
         self._channels_first = _rgb_axes(series.axes, series.shape, path)
-        self._levels = []
-        for index in range(len(series.levels)):
-            store = series.aszarr(level=index)
-            self._levels.append(zarr.open_array(store, mode="r"))
+        self._levels = [
+            zarr.open_array(owner.aszarr(level=index), mode="r") for owner, index in _pyramid(tif)
+        ]
         dims = []
         for level in self._levels:
             height, width = level.shape[1:] if self._channels_first else level.shape[:2]
@@ -306,6 +305,32 @@ class TiffSlide(SlideImage):
             self._tif.close()
             self._tif = None
             self._levels = []
+
+
+def _pyramid(tif: tifffile.TiffFile) -> list[tuple[tifffile.TiffPageSeries, int]]:
+    """(series, level index) of each pyramid level: the levels of the first series, plus
+    reduced-resolution images that tifffile left as series of their own (it joins levels only while
+    the factor between them stays the same, so 1, 4, 8 is split after 4; OpenSlide takes them all)."""
+    series = tif.series[0]
+    levels = [(series, index) for index in range(len(series.levels))]
+    file = Path(tif.filehandle.path)
+    full = _rgb_shape(series.axes, series.shape, file)
+    last = _rgb_shape(series.axes, series.levels[-1].shape, file)
+    for other in tif.series[1:]:
+        if not (other.keyframe.is_reduced and other.axes == series.axes and other.dtype == series.dtype):
+            continue
+        size = _rgb_shape(other.axes, other.shape, file)
+        if size[0] < last[0] and size[1] < last[1] and same_aspect_ratio(size[::-1], full[::-1]):
+            levels.extend((other, index) for index in range(len(other.levels)))
+            last = _rgb_shape(other.axes, other.levels[-1].shape, file)
+    return levels
+
+
+def same_aspect_ratio(size: tuple[int, int], reference: tuple[int, int], tolerance: float = 0.02) -> bool:
+    """Whether an image of ``size`` (width, height) could be ``reference`` scaled: its height is within
+    ``tolerance`` (relative) or one pixel of the height the reference's aspect ratio gives it."""
+    expected = size[0] * reference[1] / reference[0]
+    return abs(size[1] - expected) <= max(1.0, tolerance * expected)
 
 
 def _read_chunkwise(array: Any, y0: int, y1: int, x0: int, x1: int, *, channels_first: bool) -> np.ndarray:
