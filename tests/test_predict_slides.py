@@ -140,26 +140,30 @@ def test_slide_path_equals_in_memory_path_on_the_same_pixels(scene: np.ndarray, 
     assert Image.open(slide / "s_overlay.png").size == (1280, 1024)  # the thumbnail (≤ 2048 px)
 
 
-def test_tissue_mask_skips_blank_tiles(scene: np.ndarray, tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
-    """Only the tiles the mask touches are read and segmented; nuclei elsewhere are not found."""
-    canvas = np.full((1024, 2048, 3), 255, dtype=np.uint8)
-    canvas[:, :1024] = scene[:, :1024]
-    canvas[:, 1024:] = scene[:, :1024]  # tissue on both halves; the mask keeps only the left one
+@pytest.mark.parametrize("tissue", ["auto", "mask"])
+def test_tissue_detection_and_masks_skip_tiles(tissue: str, scene: np.ndarray, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Only tiles touching tissue are read and segmented: tissue detected left of 1024 px on a slide
+    whose right half is glass, or a user's mask (any size) marking the left 896 px of a slide that is
+    tissue everywhere. Tiles start at x = 0, 384, 768, 1152, 1536: the last two are skipped."""
+    canvas = np.full((512, 2048, 3), 255, dtype=np.uint8)
+    canvas[:, :1024] = scene[:512, :1024]
+    option = "auto"
+    if tissue == "mask":
+        canvas[:, 1024:] = scene[:512, :1024]
+        mask = np.zeros((32, 128), dtype=np.uint8)
+        mask[:, :56] = 255
+        Image.fromarray(mask).save(tmp_path / "mask.png")
+        option = str(tmp_path / "mask.png")
     write_slide(tmp_path / "half.tif", canvas, mpp=0.25, factors=(1, 4))
-    mask = np.zeros((64, 128), dtype=np.uint8)
-    mask[:, :56] = 255  # the left 896 of 2048 columns
-    Image.fromarray(mask).save(tmp_path / "mask.png")
     assert main(["predict", str(tmp_path / "half.tif"), "--out", str(tmp_path / "out"), "--method",
-                 "classical", "--tissue", str(tmp_path / "mask.png"), "--tile", "512",
-                 "--formats", "csv,zarr,tissue"]) == 0
-    # Tiles start at x = 0, 384, 768, 1152, 1536 (3 rows): those starting right of 896 px are skipped.
-    assert "9 of 15 tiles with tissue" in capsys.readouterr().out
+                 "classical", "--tissue", option, "--tile", "512", "--formats", "csv,zarr,tissue"]) == 0
+    assert "3 of 5 tiles with tissue" in capsys.readouterr().out
     labels = zarr_labels(tmp_path / "out" / "half_labels.zarr")
     assert labels[:, :1024].max() > 0 and labels[:, 1280:].max() == 0
     assert max(float(r["bbox_x1"]) for r in read_csv(tmp_path / "out" / "half_nuclei.csv")) <= 1280
     saved = np.asarray(Image.open(tmp_path / "out" / "half_tissue.png"))
-    assert saved.shape == (1024, 2048) and saved[:, :800].all() and not saved[:, 1000:].any()
+    assert saved.shape == (512, 2048) and saved[:, :1024].any() and not saved[:, 1100:].any()
 
 
 def test_mpp_mismatch_resamples_to_the_method_resolution(scene: np.ndarray, tmp_path: Path) -> None:

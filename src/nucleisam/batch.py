@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from nucleisam import __version__
+from nucleisam.data.tissue import TISSUE_THUMBNAIL_SIZE
 from nucleisam.errors import NucleisamError
 from nucleisam.exports.images import EXPORT_FORMATS, OUTPUT_SUFFIXES, check_outputs_free, export_all
 from nucleisam.exports.slides import (
@@ -52,8 +53,6 @@ from nucleisam.utils.tables import read_rows_csv, write_rows_csv
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_TEXT = ("input", "status", "error", "fingerprint")
 UNFINISHED = "unfinished: the run stopped while processing it"
-#: Longest side of the thumbnail tissue is detected on and the overlay is drawn on.
-THUMBNAIL_SIDE = 2048
 #: Seconds between progress lines when stderr is not a terminal.
 LOG_INTERVAL = 30.0
 
@@ -217,23 +216,19 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split()) or type(exc).__name__
 
 
-def _tissue_mask(tissue: str, thumbnail: np.ndarray, path: Path) -> np.ndarray | None:
-    """The tissue mask over the thumbnail's pixels (``None``: everything is tissue)."""
+def _tissue_mask(tissue: str, slide: Any, thumbnail: np.ndarray) -> np.ndarray | None:
+    """The tissue mask at the thumbnail's size (``None``: everything is tissue): detected on the
+    thumbnail (``auto``) or the user's mask of the whole slide, scaled."""
+    from nucleisam.data.tissue import detect_tissue, read_tissue_mask
+
     if tissue == "none":
         return None
     if tissue == "auto":
-        from nucleisam.data.tissue import detect_tissue
-
         return detect_tissue(thumbnail)
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
-        with Image.open(tissue) as mask:
-            size = (thumbnail.shape[1], thumbnail.shape[0])
-            resized = mask.convert("L").resize(size, Image.Resampling.NEAREST)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise NucleisamError(f"--tissue {tissue}: cannot read the mask for {path} ({exc}).") from exc
-    return np.asarray(resized) > 0
+    mask = Image.fromarray(read_tissue_mask(tissue, slide).mask)
+    return np.asarray(mask.resize((thumbnail.shape[1], thumbnail.shape[0]), Image.Resampling.NEAREST))
 
 
 def _is_slide(slide: Any) -> bool:
@@ -264,8 +259,8 @@ def _process_slide(slide: Any, out: Path, options: CohortOptions, runner: ChunkR
 
     method = options.method
     geometry = slide_geometry(slide, *working_level(slide, method_mpp(method)))
-    thumbnail = slide.thumbnail(THUMBNAIL_SIDE)
-    mask = _tissue_mask(options.tissue, thumbnail, slide.path)
+    thumbnail = slide.thumbnail(TISSUE_THUMBNAIL_SIZE)  # tissue is detected and the overlay drawn on it
+    mask = _tissue_mask(options.tissue, slide, thumbnail)
     grid = TileGrid.for_image(geometry.height, geometry.width, tile=method.tile, overlap=method.overlap)
     chunks = plan_chunks(grid, tissue_tiles(grid, mask), options.chunk_tiles)
     job = SlideJob(str(slide.path), options.mpp, geometry, grid, options.chunk_tiles, method)
@@ -354,7 +349,7 @@ def run_cohort(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[
     paths = expand_inputs(inputs)
     check_unique_stems(paths)
     if options.tissue not in ("auto", "none") and not Path(options.tissue).is_file():
-        raise NucleisamError(f"--tissue {options.tissue}: no such mask file; use auto, none or a PNG mask.")
+        raise NucleisamError(f"--tissue {options.tissue}: no such mask file; give auto, none or a mask.")
     print_ = fingerprint(options)
     folder = ensure_output_dir(out)
     with FolderLock(folder), contextlib.ExitStack() as stack:
