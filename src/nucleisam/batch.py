@@ -92,22 +92,25 @@ class Outcome:
         return {k: v for k, v in asdict(self).items() if k != "skipped"}
 
 
-def _sha256(path: str) -> str:
+def _sha256(path: str, option: str) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise NucleisamError(f"{option} {path}: cannot read it ({exc.strerror or exc}).") from exc
     return digest.hexdigest()
 
 
 def fingerprint(options: CohortOptions) -> str:
     """What makes two runs' outputs the same: version, weights' contents, output-changing parameters."""
     method = options.method
-    tissue = options.tissue if options.tissue in ("auto", "none") else f"mask {_sha256(options.tissue)}"
+    tissue = options.tissue if options.tissue in ("auto", "none") else _sha256(options.tissue, "--tissue")
     parts = {
         "nucleisam": __version__, "method": method.kind, "tile": method.tile, "overlap": method.overlap,
-        "adapter": _sha256(method.adapter) if method.adapter else None,
-        "checkpoint": _sha256(method.checkpoint) if method.checkpoint else None,
+        "adapter": _sha256(method.adapter, "--adapter") if method.adapter else None,
+        "checkpoint": _sha256(method.checkpoint, "--checkpoint") if method.checkpoint else None,
         "formats": options.formats, "tissue": tissue, "mpp": options.mpp, "chunk_tiles": options.chunk_tiles,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]

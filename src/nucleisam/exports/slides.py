@@ -205,8 +205,11 @@ class SlideWriter:
             if max(level.shape) <= ZARR_CHUNK:
                 break
             smaller = _label_array(group, str(len(datasets)), tuple((s + 1) // 2 for s in level.shape))
-            for top in range(0, level.shape[0], 2 * ZARR_CHUNK):  # nearest neighbour: ids stay ids
-                smaller[top // 2 : (top + 2 * ZARR_CHUNK) // 2] = level[top : top + 2 * ZARR_CHUNK][::2, ::2]
+            block = 2 * ZARR_CHUNK  # one output chunk at a time: memory stays flat in the slide size
+            for top in range(0, level.shape[0], block):
+                for left in range(0, level.shape[1], block):  # nearest neighbour: ids stay ids
+                    smaller[top // 2 : (top + block) // 2, left // 2 : (left + block) // 2] = (
+                        level[top : top + block, left : left + block][::2, ::2])
             level, factor = smaller, factor * 2
         axes = [{"name": axis, "type": "space", "unit": "micrometer"} for axis in ("y", "x")]
         group.attrs["multiscales"] = [{"version": "0.4", "name": f"{self.stem} nuclei", "axes": axes,
