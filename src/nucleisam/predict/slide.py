@@ -139,13 +139,12 @@ def plan_chunks(grid: TileGrid, has_tissue: np.ndarray, chunk_tiles: int = CHUNK
     without tissue are left out); indices number the chunks kept, in that order."""
     if chunk_tiles < 1:
         raise NucleisamError(f"--chunk-tiles {chunk_tiles} must be at least 1.")
-    tiles = list(grid)
     n_rows, n_cols = len(grid.origins_y), len(grid.origins_x)
     chunks: list[Chunk] = []
     for block_row in range(math.ceil(n_rows / chunk_tiles)):
         for block_col in range(math.ceil(n_cols / chunk_tiles)):
             members = [
-                tiles[row * n_cols + col]
+                grid.tile_at(row * n_cols + col)
                 for row in range(block_row * chunk_tiles, min((block_row + 1) * chunk_tiles, n_rows))
                 for col in range(block_col * chunk_tiles, min((block_col + 1) * chunk_tiles, n_cols))
                 if has_tissue[row * n_cols + col]
@@ -234,9 +233,8 @@ def segment_chunk(job: SlideJob, chunk: Chunk, image: np.ndarray, label_fn: Any,
     """Segment one chunk whose region pixels are ``image`` and keep the nuclei it owns."""
     start = time.perf_counter()
     stitcher = InstanceStitcher(job.grid, window=chunk.region)
-    tiles = list(job.grid)
-    stitch_tiles(image, [tiles[i] for i in chunk.tiles], stitcher, label_fn=label_fn, map_fn=map_fn,
-                 batch_size=batch_size)
+    tiles = [job.grid.tile_at(index) for index in chunk.tiles]
+    stitch_tiles(image, tiles, stitcher, label_fn=label_fn, map_fn=map_fn, batch_size=batch_size)
     labels, _ = stitcher.finish()
     owned = _owned_labels(job, chunk, stitcher, labels)
     table = measure_nuclei(owned, image)

@@ -112,15 +112,15 @@ class TileGrid:
         return len(self.origins_y) * len(self.origins_x)
 
     def __iter__(self) -> Iterator[Tile]:
-        index = 0
-        for row, y0 in enumerate(self.origins_y):
-            for col, x0 in enumerate(self.origins_x):
-                y1, x1 = min(y0 + self.tile, self.height), min(x0 + self.tile, self.width)
-                yield Tile(
-                    index, row, col, y0, x0, y1, x1,
-                    self.bounds_y[row], self.bounds_x[col], self.bounds_y[row + 1], self.bounds_x[col + 1],
-                )
-                index += 1
+        return (self.tile_at(index) for index in range(len(self)))
+
+    def tile_at(self, index: int) -> Tile:
+        """The tile with this index (row-major order, as iteration yields them)."""
+        row, col = divmod(index, len(self.origins_x))
+        y0, x0 = self.origins_y[row], self.origins_x[col]
+        y1, x1 = min(y0 + self.tile, self.height), min(x0 + self.tile, self.width)
+        return Tile(index, row, col, y0, x0, y1, x1,
+                    self.bounds_y[row], self.bounds_x[col], self.bounds_y[row + 1], self.bounds_x[col + 1])
 
 
     def margins(self, start: np.ndarray, stop: np.ndarray, *, axis: int) -> np.ndarray:
