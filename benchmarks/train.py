@@ -30,10 +30,10 @@ sys.path.insert(0, str(REPO / "src"))
 
 from nucleisam.data import load_nuinsseg  # noqa: E402
 from nucleisam.model import ModelConfig, build_model  # noqa: E402
+from nucleisam.model.inference import predict_maps  # noqa: E402
 from nucleisam.train.config import TrainConfig  # noqa: E402
 from nucleisam.train.dataset import SampleCache, TrainingDataset  # noqa: E402
 from nucleisam.train.distributed import DistContext  # noqa: E402
-from nucleisam.train.inference import predict_maps  # noqa: E402
 from nucleisam.train.loop import fit  # noqa: E402
 
 DEFAULT_VARIANTS = ("lora:instance", "lora:sam", "decoder:instance", "full:instance", "seed:sam")
@@ -131,11 +131,14 @@ def main() -> int:
                 if device.type == "cuda":
                     row["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 if args.inference:
-                    predict_maps(model, images[: args.batch_size], device=device, amp=args.amp)  # warm-up
+                    precision = "auto" if args.amp else "fp32"
+                    warm_up = images[: args.batch_size]
+                    predict_maps(model, warm_up, device=device, precision=precision)
                     if device.type == "cuda":
                         torch.cuda.synchronize()
                     started = time.perf_counter()
-                    predict_maps(model, images, device=device, batch_size=args.batch_size, amp=args.amp)
+                    predict_maps(model, images, device=device, batch_size=args.batch_size,
+                                 precision=precision)
                     if device.type == "cuda":
                         torch.cuda.synchronize()
                     row["inference_tiles_per_second"] = len(images) / (time.perf_counter() - started)

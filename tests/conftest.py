@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from fake_zenodo import FakeZenodo, FakeZenodoServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Six spleen tiles in the NuInsSeg release layout, shipped with the repository (CC BY 4.0).
@@ -76,6 +79,27 @@ def synthetic_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "mobile_sam.pt"
     torch.save(build_mobilesam(256).state_dict(), path)
     return path
+
+
+@pytest.fixture()
+def fake_zenodo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeZenodo]:
+    """A zenodo.org stand-in on 127.0.0.1 (tests/fake_zenodo.py): NUCLEISAM_ZENODO_API points at it and
+    NUCLEISAM_HOME at an empty ``tmp_path/home``, so no test touches the network or the user's cache."""
+    monkeypatch.setenv("NUCLEISAM_HOME", str(tmp_path / "home"))
+    for name in ("no_proxy", "NO_PROXY"):  # a proxy configured for the real internet must not intercept
+        monkeypatch.setenv(name, "127.0.0.1")
+    with FakeZenodoServer() as server:
+        monkeypatch.setenv("NUCLEISAM_ZENODO_API", server.api)
+        yield server
+
+
+@pytest.fixture()
+def unreachable_url() -> str:
+    """An http URL on 127.0.0.1 where nothing listens (connection refused): offline, without a network."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
 
 
 def write_cropped_sample(sample_root: Path, root: Path, *, count: int, size: int) -> Path:

@@ -124,11 +124,13 @@ def reference_metrics(
     gt_fg, pred_fg = gt > 0, pred > 0
     out["dice"] = 2 * np.logical_and(gt_fg, pred_fg).sum() / (gt_fg.sum() + pred_fg.sum())
 
-    # AJI: every GT with its best-IoU prediction (first best on ties), if it overlaps any.
+    # AJI: every GT with its best-IoU prediction, if it overlaps any, chosen as HoVer-Net's
+    # get_fast_aji chooses: argmax of inter / (union + 1e-6) (equal ratios: the larger union).
     pairs = []
+    hovernet_iou = inter / (union + 1.0e-6)
     for g in range(n_gt):
         if iou[g].max() > 0:
-            pairs.append((g, int(np.argmax(iou[g]))))
+            pairs.append((g, int(np.argmax(hovernet_iou[g]))))
     out["aji"] = _aji_from_pairs(gt_masks, pred_masks, inter, union, pairs)
 
     rows, cols = linear_sum_assignment(iou, maximize=True)

@@ -134,13 +134,19 @@ def test_non_image_file_with_image_extension(sample_copy: Path, capsys: pytest.C
     assert code == 0 and "images:   5" in out and "human_spleen_13.png" in out
 
 
-def test_truncated_image(sample_copy: Path) -> None:
-    """A readable header with cut-off pixel data passes pairing but fails clearly when decoded."""
+def test_truncated_image(sample_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A half-written PNG has a readable header, so pairing accepts it; data info decodes every file
+    and lists it (left out of the counts), and --strict makes it an error."""
     path = _organ(sample_copy) / "tissue images" / "human_spleen_13.png"
     path.write_bytes(path.read_bytes()[:2000])
     sample = load_nuinsseg(sample_copy, strict=True).by_stem()["human_spleen_13"]
     with pytest.raises(NucleisamError, match=r"cannot read image .*human_spleen_13\.png"):
         sample.load_image()
+    code, out, _ = run(["data", "info", str(sample_copy)], capsys)
+    assert code == 0 and "images:   5\n" in out and "problems: 1" in out and "human_spleen_13.png" in out
+    code, out, err = run(["data", "info", str(sample_copy), "--strict"], capsys)
+    _assert_error(code, err, "1 problem(s)", "human_spleen_13.png")
+    assert out == ""
 
 
 def test_non_image_mask_file(sample_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -160,12 +166,20 @@ def test_mask_of_another_size(sample_copy: Path, tmp_path: Path, capsys: pytest.
     assert not out_file.exists()
 
 
-def test_float_mask(sample_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_float_masks(sample_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Whole-number ids stored as float32 (a common export) read as integers; fractional values are
+    a problem listed by file, not the end of the command."""
     path = _organ(sample_copy) / "label masks modify" / "human_spleen_17.tif"
-    tifffile.imwrite(path, read_label_map(path).astype(np.float32))
-    code, out, err = run(["data", "info", str(sample_copy)], capsys)
-    _assert_error(code, err, "human_spleen_17.tif", "floating-point")
-    assert out == ""
+    labels = read_label_map(path)
+    expected = json.loads(run(["data", "info", str(sample_copy), "--json"], capsys)[1])
+    tifffile.imwrite(path, labels.astype(np.float32))
+    code, out, _ = run(["data", "info", str(sample_copy), "--json"], capsys)
+    assert code == 0 and json.loads(out) == expected
+    tifffile.imwrite(path, labels.astype(np.float32) + 0.5)
+    code, out, _ = run(["data", "info", str(sample_copy)], capsys)
+    assert code == 0 and "images:   5\n" in out and "human_spleen_17.tif" in out and "fractional" in out
+    code, _, err = run(["data", "info", str(sample_copy), "--strict"], capsys)
+    _assert_error(code, err, "human_spleen_17.tif", "fractional")
 
 
 def test_negative_ids(sample_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -177,8 +191,28 @@ def test_negative_ids(sample_root: Path, tmp_path: Path, capsys: pytest.CaptureF
         if tif.stem == "human_spleen_28":
             labels[labels == labels.max()] = -3
         np.save(masks / f"{tif.stem}.npy", labels)
-    code, _, err = run(["data", "info", "--images", str(images), "--masks", str(masks)], capsys)
+    code, out, _ = run(["data", "info", "--images", str(images), "--masks", str(masks)], capsys)
+    assert code == 0 and "images:   5\n" in out and "human_spleen_28.npy" in out and "negative ids" in out
+    code, _, err = run(["data", "info", "--images", str(images), "--masks", str(masks), "--strict"], capsys)
     _assert_error(code, err, "human_spleen_28.npy", "negative ids")
+
+
+def test_empty_xml_annotation_is_a_listed_problem(
+    sample_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "monuseg"
+    shutil.copytree(_organ(sample_root) / "tissue images", folder)
+    for image in folder.glob("*.png"):
+        (folder / f"{image.stem}.xml").write_text(
+            '<Annotations><Annotation><Regions><Region Id="1"><Vertices><Vertex X="10" Y="10"/>'
+            '<Vertex X="30" Y="10"/><Vertex X="30" Y="30"/></Vertices></Region></Regions></Annotation>'
+            "</Annotations>"
+        )
+    (folder / "human_spleen_05.xml").write_bytes(b"")
+    code, out, _ = run(["data", "info", str(folder)], capsys)
+    assert code == 0 and "images:   5\n" in out and "human_spleen_05.xml" in out
+    code, _, err = run(["data", "info", str(folder), "--strict"], capsys)
+    _assert_error(code, err, "human_spleen_05.xml")
 
 
 def test_grayscale_image(sample_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -211,3 +211,56 @@ def test_predict_output_folder_is_evaluated_as_it_is(sample_root: Path, tmp_path
     assert via_predict["unmatched_predictions"] == []  # the overlay pictures are not label maps
     for variant in ("vague_excluded", "all_pixels"):
         assert plainly_named[variant] == via_predict[variant]
+
+
+def _xml(labels: np.ndarray) -> str:
+    """MoNuSeg-style Aperio XML: one square Region per nucleus, around its bounding box."""
+    regions = []
+    for index, value in enumerate(v for v in np.unique(labels) if v):
+        rows, cols = np.nonzero(labels == value)
+        top, bottom, left, right = rows.min(), rows.max(), cols.min(), cols.max()
+        vertices = "".join(f'<Vertex X="{x}" Y="{y}"/>' for x, y in
+                           [(left, top), (right, top), (right, bottom), (left, bottom)])
+        regions.append(f'<Region Id="{index + 1}"><Vertices>{vertices}</Vertices></Region>')
+    return f"<Annotations><Annotation><Regions>{''.join(regions)}</Regions></Annotation></Annotations>"
+
+
+def test_xml_ground_truth_is_read_as_the_data_commands_read_it(
+    sample_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Images with .xml annotations beside them (--data) or in another folder (--images + --gt):
+    predictions equal to the rasterised XML score 1.0."""
+    from nucleisam.data import open_dataset
+
+    beside, annotations = tmp_path / "monuseg", tmp_path / "annotations"
+    beside.mkdir()
+    annotations.mkdir()
+    pred_dir = tmp_path / "pred"
+    pred_dir.mkdir()
+    for path in label_paths(sample_root)[:2]:
+        image = sample_root / ORGAN / "tissue images" / f"{path.stem}.png"
+        shutil.copy(image, beside / image.name)
+        xml = _xml(tifffile.imread(path))
+        (beside / f"{path.stem}.xml").write_text(xml)
+        (annotations / f"{path.stem}.xml").write_text(xml)
+    for sample in open_dataset(beside):
+        tifffile.imwrite(pred_dir / f"{sample.stem}_labels.tif", sample.load_labels())
+    for source in (["--data", str(beside)], ["--images", str(beside), "--gt", str(annotations)]):
+        code, stdout, err = run(["evaluate", "--pred", str(pred_dir), *source, "--json"], capsys)
+        assert code == 0, err
+        summary = json.loads(stdout)
+        assert summary["n_images"] == 2 and summary["all_pixels"]["mean"]["aji"] == 1.0
+
+
+def test_evaluate_refuses_to_overwrite_results_unless_asked(
+    predictions: Path, sample_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--pred", str(predictions), "--data", str(sample_root), "--out", str(out)]
+    assert run(argv, capsys)[0] == 0
+    (out / "summary.md").write_text("my notes")
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "per_image.csv already exists" in err and "--overwrite" in err
+    assert (out / "summary.md").read_text() == "my notes"
+    assert run([*argv, "--overwrite"], capsys)[0] == 0
+    assert "mean ± std" in (out / "summary.md").read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.request
 
 import pytest
 import torch
@@ -86,7 +87,7 @@ def test_weights_download_offline_exits_2_and_explains(monkeypatch, tmp_path, ca
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(ckpt.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     monkeypatch.setenv("NUCLEISAM_HOME", str(tmp_path))
     assert main(["weights", "download", "--quiet"]) == 2
     err = capsys.readouterr().err

@@ -53,12 +53,18 @@ def test_sample_label_map_has_the_nuclei_of_the_tile(sample_root: Path) -> None:
     assert ids[0] == 0 and len(ids) - 1 == count_instances(labels) > 20
 
 
-def test_float_negative_and_multichannel_label_maps_are_refused(tmp_path: Path) -> None:
-    np.save(tmp_path / "float.npy", _instances().astype(np.float32))
-    with pytest.raises(NucleisamError, match=r"float\.npy.*floating-point"):
+def test_fractional_negative_and_multichannel_label_maps_are_refused(tmp_path: Path) -> None:
+    # Whole-number ids stored as floats (a common export) are read as the integers they are.
+    np.save(tmp_path / "whole.npy", _instances().astype(np.float32))
+    np.testing.assert_array_equal(read_label_map(tmp_path / "whole.npy"), _instances().astype(np.int32))
+    fractional = _instances().astype(np.float32)
+    fractional[0, 0] = 0.5
+    np.save(tmp_path / "float.npy", fractional)
+    with pytest.raises(NucleisamError, match=r"float\.npy.*fractional or non-finite"):
         read_label_map(tmp_path / "float.npy")
-    tifffile.imwrite(tmp_path / "float.tif", _instances().astype(np.float32))
-    with pytest.raises(NucleisamError, match=r"float\.tif.*floating-point"):
+    fractional[0, 0] = np.nan
+    tifffile.imwrite(tmp_path / "float.tif", fractional)
+    with pytest.raises(NucleisamError, match=r"float\.tif.*fractional or non-finite"):
         read_label_map(tmp_path / "float.tif")
     negative = _instances().astype(np.int32)
     negative[0, 0] = -1

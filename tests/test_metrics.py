@@ -110,13 +110,31 @@ def test_split_nucleus_at_iou_exactly_one_half() -> None:
     gt = square((10, 10), (1, (2, 6, 2, 8)))  # 24 px
     pred = square((10, 10), (4, (2, 6, 2, 5)), (7, (2, 6, 5, 8)))  # two halves of 12 px
     result = evaluate_instances(gt, pred)
-    # The tie between the halves goes to the lowest id; the other half is unpaired.
+    # Equal IoU and equal union: the tie between the halves goes to the lowest id; the other half
+    # is unpaired.
     assert result["aji"] == pytest.approx(12 / (24 + 12))
     assert result["aji_plus"] == pytest.approx(12 / (24 + 12))
     # PQ needs IoU > 0.5: nothing matches. mSA and F1 use IoU >= 0.5: one match at 0.50 only.
     assert (result["dq"], result["sq"], result["pq"], result["tp"]) == (0.0, 0.0, 0.0, 0)
     assert result["f1"] == pytest.approx(2 / 3)
     assert result["msa"] == pytest.approx(0.5 / 10)
+
+
+def test_aji_tie_goes_to_the_larger_union_as_in_hovernet() -> None:
+    """GT 24 px; prediction 3 covers 8 of its pixels and nothing else (IoU 8/24 = 1/3); prediction
+    5 covers 10 of them plus 6 outside (IoU 10/30 = 1/3). Exactly equal IoU: HoVer-Net pairs the
+    GT with prediction 5 (union 30 > 24), the lowest id would have given prediction 3."""
+    gt = square((12, 12), (1, (2, 6, 2, 8)))  # rows 2-5, cols 2-7: 24 px
+    pred = np.zeros((12, 12), np.int32)
+    pred[2:4, 2:6] = 3  # 8 px inside the GT
+    pred[4:6, 2:7] = 5  # 10 px inside the GT ...
+    pred[6:8, 2:5] = 5  # ... and 6 px outside
+    table_iou = {3: Fraction(8, 24), 5: Fraction(10, 30)}
+    assert table_iou[3] == table_iou[5]
+    result = evaluate_instances(gt, pred)
+    # Paired with 5: inter 10, union 30; prediction 3 unpaired adds its 8 px.
+    assert result["aji"] == pytest.approx(float(Fraction(10, 30 + 8)))
+    assert result["aji"] == pytest.approx(reference_metrics(gt, pred)["aji"], abs=1e-12)
 
 
 def test_missed_nucleus_and_false_positive() -> None:

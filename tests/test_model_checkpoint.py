@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import sys
 import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -94,24 +96,62 @@ def test_a_pickle_that_would_run_code_is_refused_and_runs_nothing(tmp_path, writ
     assert not marker.exists()
 
 
-def test_unreadable_and_non_state_dict_files(tmp_path) -> None:
-    with pytest.raises(NucleisamError, match="does not exist"):
-        ckpt.load_state_dict_file(tmp_path / "absent.pt")
-    truncated = tmp_path / "truncated.pt"
-    truncated.write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(NucleisamError, match="cannot read checkpoint"):
-        ckpt.load_state_dict_file(truncated)
+def test_each_kind_of_bad_checkpoint_gets_its_own_message(tmp_path, synthetic_checkpoint) -> None:
+    """Missing, folder, empty, web page, text, truncated, garbage pickle, wrapped: each is told apart,
+    and no message ever suggests loading with weights_only=False."""
+    good = synthetic_checkpoint.read_bytes()
+    cases = {
+        "absent.pt": (None, "does not exist"),
+        "empty.pt": (b"", r"is empty \(0 bytes\)"),
+        "page.pt": (b"<!DOCTYPE html><html><body>Sign in</body></html>", r"is a web page \(HTML\)"),
+        "notes.pt": (b"these are not weights\n", "is a text file"),
+        "cut.pt": (good[: len(good) // 2], "is truncated or damaged"),
+        "zip-header.pt": (b"PK\x03\x04 not really a zip", "is truncated or damaged"),
+        "garbage.pt": (b"\x80\x02\xff\xfe\x00\x01junk", "damaged|truncated"),
+        "random.pt": (bytes(range(256)) * 4, "not a PyTorch or safetensors file"),
+    }
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        if content is not None:
+            path.write_bytes(content)
+        with pytest.raises(NucleisamError, match=message) as caught:
+            ckpt.load_state_dict_file(path)
+        assert str(path) in str(caught.value)
+        assert "weights_only" not in str(caught.value) and "trust" not in str(caught.value)
+    with pytest.raises(NucleisamError, match="is a folder"):
+        ckpt.load_state_dict_file(tmp_path)
     wrapped = tmp_path / "wrapped.pt"
     torch.save({"model": {"a": torch.zeros(1)}}, wrapped)
     with pytest.raises(NucleisamError, match="not a flat state_dict"):
         ckpt.load_state_dict_file(wrapped)
 
 
+def test_unsafe_pickle_message_names_the_object_and_no_unsafe_advice(tmp_path) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"a": torch.zeros(1), "trap": _CreatesMarker(tmp_path / "m")}, path)
+    with pytest.raises(NucleisamError, match=r"refused to load checkpoint .*refers to io\.open") as caught:
+        ckpt.load_state_dict_file(path)
+    assert "weights_only" not in str(caught.value)
+
+
+def test_a_safetensors_state_dict_loads_too(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    state = {"image_encoder.neck.0.weight": torch.arange(6.0).reshape(2, 3)}
+    save_file(state, tmp_path / "mobile_sam.safetensors")
+    loaded = ckpt.load_state_dict_file(tmp_path / "mobile_sam.safetensors")
+    assert torch.equal(loaded["image_encoder.neck.0.weight"], state["image_encoder.neck.0.weight"])
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes((tmp_path / "mobile_sam.safetensors").read_bytes()[:-5])
+    with pytest.raises(NucleisamError, match="safetensors file but cannot be read"):
+        ckpt.load_state_dict_file(cut)
+
+
 # --- cache location ------------------------------------------------------------------------------
 
 
 def test_cache_dir_prefers_nucleisam_home_then_xdg(monkeypatch, tmp_path) -> None:
-    monkeypatch.setattr(ckpt.sys, "platform", "linux")
+    monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.setenv("NUCLEISAM_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert ckpt.default_checkpoint_path() == tmp_path / "home" / "mobile_sam.pt"
@@ -158,7 +198,7 @@ def test_offline_download_says_where_to_put_the_file(monkeypatch, tmp_path) -> N
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(ckpt.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     monkeypatch.setenv("NUCLEISAM_HOME", str(tmp_path / "home"))
     with pytest.raises(NucleisamError) as info:
         ckpt.download_checkpoint(progress=False)
@@ -184,7 +224,7 @@ def test_auto_weights_without_cache_or_network_fail_clearly(monkeypatch, tmp_pat
     def offline(*args, **kwargs):
         raise urllib.error.URLError("offline")
 
-    monkeypatch.setattr(ckpt.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     monkeypatch.setenv("NUCLEISAM_HOME", str(tmp_path))
     with pytest.raises(NucleisamError, match="could not download"):
         build_model(ModelConfig(weights="auto", input_size=256))

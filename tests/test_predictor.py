@@ -10,9 +10,10 @@ from nucleisam.classical import classical_instances
 from nucleisam.data import read_rgb
 from nucleisam.errors import NucleisamError
 from nucleisam.model import ModelConfig, NucleiSam, save_adapter
+from nucleisam.model.inference import tile_map_fn
 from nucleisam.model.network import assemble_model
 from nucleisam.postprocess import PostprocessConfig, labels_from_maps
-from nucleisam.predict.predictor import Predictor, model_map_fn, resolve_device
+from nucleisam.predict.predictor import Predictor
 from synthetic_nuclei import aji, darkness_model, distance_watershed, synthetic_nuclei, threshold_maps
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -31,21 +32,6 @@ def nucleisam() -> NucleiSam:
     return assemble_model(config, state_dict=None, base_checkpoint_sha256="random").eval()
 
 
-def test_model_map_fn_gives_probabilities_per_tile_for_the_real_network(nucleisam: NucleiSam) -> None:
-    tiles = synthetic_nuclei(128, 256, seed=6)[0].reshape(128, 2, 128, 3).transpose(1, 0, 2, 3).copy()
-    maps = model_map_fn(nucleisam, torch.device("cpu"))(tiles)
-    assert set(maps) == {"foreground", "center_distance", "boundary_distance"}
-    with torch.inference_mode():
-        raw = nucleisam(torch.from_numpy(tiles.transpose(0, 3, 1, 2).copy()).float())
-    np.testing.assert_allclose(maps["foreground"], torch.sigmoid(raw["foreground"])[:, 0].numpy(), atol=1e-6)
-    np.testing.assert_allclose(maps["center_distance"], raw["center_distance"][:, 0].numpy(), atol=1e-6)
-    for values in maps.values():
-        assert values.shape == (2, 128, 128) and values.dtype == np.float32
-    # A batch equals its tiles one at a time.
-    single = model_map_fn(nucleisam, torch.device("cpu"))(tiles[1:])
-    np.testing.assert_allclose(single["boundary_distance"][0], maps["boundary_distance"][1], atol=1e-5)
-
-
 def test_real_network_on_an_image_smaller_than_a_tile(nucleisam: NucleiSam) -> None:
     """The image is padded with white to the tile size; the maps returned are the tile's maps on
     the image's pixels, and post-processing sees exactly those."""
@@ -60,7 +46,7 @@ def test_real_network_on_an_image_smaller_than_a_tile(nucleisam: NucleiSam) -> N
     result = predictor.predict(small, return_maps=True)
     padded = np.full((1, 128, 128, 3), 255, np.uint8)
     padded[0, :100, :120] = small
-    expected = model_map_fn(nucleisam, torch.device("cpu"))(padded)
+    expected = tile_map_fn(nucleisam, torch.device("cpu"))(padded)
     assert seen == [(100, 120)]
     for name, values in result.maps.items():
         np.testing.assert_allclose(values, expected[name][0, :100, :120], atol=1e-6)
@@ -101,11 +87,8 @@ def test_bad_options_are_clear_errors() -> None:
         Predictor(label_fn=distance_watershed, batch_size=0)
     with pytest.raises(NucleisamError, match="--overlap"):
         Predictor(label_fn=distance_watershed, tile=64, overlap=80)
-    with pytest.raises(NucleisamError, match="--device"):
-        resolve_device("quantum")
-    if not torch.cuda.is_available():
-        with pytest.raises(NucleisamError, match="no CUDA GPU"):
-            resolve_device("cuda")
+    with pytest.raises(NucleisamError, match="device 'quantum'"):
+        Predictor.from_model(darkness_model(), postprocess=distance_watershed, device="quantum")
 
 
 def test_from_adapter_applies_the_recorded_postprocessing(nucleisam: NucleiSam, tmp_path) -> None:

@@ -32,7 +32,7 @@ import numpy as np
 from nucleisam import __version__
 from nucleisam.data.tissue import TISSUE_THUMBNAIL_SIZE
 from nucleisam.errors import NucleisamError
-from nucleisam.exports.images import EXPORT_FORMATS, OUTPUT_SUFFIXES, check_outputs_free, export_all
+from nucleisam.exports.images import EXPORT_FORMATS, OUTPUT_SUFFIXES, export_all
 from nucleisam.exports.slides import (
     DEFAULT_SLIDE_FORMATS,
     SLIDE_FORMATS,
@@ -46,7 +46,7 @@ from nucleisam.predict.distributed import ChunkRunner, MethodSpec, cached_predic
 from nucleisam.predict.inputs import check_unique_stems, expand_inputs, output_stem
 from nucleisam.predict.slide import CHUNK_TILES, SlideJob, plan_chunks, slide_geometry, tissue_tiles
 from nucleisam.predict.tiling import TileGrid
-from nucleisam.utils.atomic import ensure_output_dir
+from nucleisam.utils.atomic import check_outputs_free, ensure_output_dir
 from nucleisam.utils.lock import FolderLock
 from nucleisam.utils.tables import read_rows_csv, write_rows_csv
 

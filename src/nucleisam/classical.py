@@ -1,10 +1,10 @@
 """The classical baseline every report stands beside: hematoxylin thresholding plus watershed.
 
 What a pathologist would otherwise use (QuPath's built-in cell detection works this way): separate
-the hematoxylin stain by colour deconvolution (Ruifrok & Johnston, via
-:func:`skimage.color.rgb2hed`), smooth it, threshold it (Otsu by default, never below a floor so a
-blank tile stays blank), fill holes, split touching nuclei at the peaks of the distance transform
-with the same splitter the model's post-processing uses
+the hematoxylin stain by colour deconvolution (Ruifrok & Johnston, skimage's matrix, via
+:func:`nucleisam.morphometry.hematoxylin_density`), smooth it, threshold it (Otsu by default, never
+below a floor so a blank tile stays blank), fill holes, split touching nuclei at the peaks of the
+distance transform with the same splitter the model's post-processing uses
 (:func:`nucleisam.postprocess.split_by_distance_peaks`), and drop specks. :func:`tune_classical` picks
 the parameters on validation images with the model's own search (:func:`tune_postprocess`); the
 ``cv`` runner and ``nucleisam baseline`` (:mod:`nucleisam.experiments.classical_cv`) both use it.
@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
-from skimage.color import rgb2hed
 from skimage.filters import threshold_otsu
 
 from nucleisam.data.imageio import to_rgb_uint8
 from nucleisam.errors import NucleisamError
+from nucleisam.morphometry import hematoxylin_density
 from nucleisam.postprocess import (
     TuningResult,
     fill_holes,
@@ -78,12 +78,6 @@ class ClassicalConfig:
             )
 
 
-def hematoxylin_density(image: np.ndarray) -> np.ndarray:
-    """Hematoxylin optical density (H, W) float64 of an RGB image, by colour deconvolution."""
-    rgb = to_rgb_uint8(np.asarray(image), source="image")
-    return rgb2hed(rgb)[..., 0]
-
-
 def classical_instances(
     image: np.ndarray, config: ClassicalConfig | None = None, **params: object
 ) -> np.ndarray:
@@ -103,7 +97,7 @@ def classical_instances(
     config = dataclasses.replace(config or ClassicalConfig(), **params)  # type: ignore[arg-type]
     if np.asarray(image).ndim == 4:
         raise NucleisamError("classical_instances takes one (H, W, 3) image; a batch is a loop of images.")
-    density = hematoxylin_density(image)
+    density = hematoxylin_density(to_rgb_uint8(np.asarray(image), source="image"))
     if config.sigma > 0:
         density = ndimage.gaussian_filter(density, config.sigma)
     if config.threshold is not None:

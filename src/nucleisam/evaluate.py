@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from nucleisam.data.datasets import Sample, load_nuinsseg
+from nucleisam.data.datasets import Sample, open_dataset
 from nucleisam.data.labels import (
     LABEL_SUFFIXES,
     PREDICTED_LABELS_SUFFIX,
@@ -32,7 +32,7 @@ from nucleisam.data.labels import (
 from nucleisam.errors import NucleisamError
 from nucleisam.metrics.aggregate import MetricAccumulator, MetricSummary
 from nucleisam.metrics.instance import METRIC_NAMES, MSA_THRESHOLDS
-from nucleisam.utils.atomic import ensure_output_dir, write_json_atomic, write_text_atomic
+from nucleisam.utils.atomic import check_outputs_free, ensure_output_dir, write_json_atomic, write_text_atomic
 
 #: What each reported number means; written into summary.json and summary.md.
 DEFINITIONS: dict[str, str] = {
@@ -61,6 +61,9 @@ CONVENTIONS = (
     "vague pixels are blanked in both maps. No epsilon terms: a perfect prediction scores exactly 1."
 )
 
+
+#: What :func:`write_evaluation` writes into the output folder.
+EVALUATION_FILES = ("per_image.csv", "summary.json", "summary.md")
 
 @dataclass(frozen=True)
 class ImagePair:
@@ -213,31 +216,41 @@ def collect_pairs(
     *,
     gt_dir: str | os.PathLike[str] | None = None,
     data_root: str | os.PathLike[str] | None = None,
+    images_dir: str | os.PathLike[str] | None = None,
     ambiguous_dir: str | os.PathLike[str] | None = None,
+    binary_masks: bool = False,
 ) -> tuple[list[ImagePair], list[str], str]:
-    """Pair GT images with predictions by stem: (pairs, unmatched prediction files, GT description)."""
-    if (gt_dir is None) == (data_root is None):
-        raise NucleisamError("give exactly one ground-truth source: --gt DIR or --data NUINSSEG_ROOT.")
+    """Pair GT images with predictions by stem: (pairs, unmatched prediction files, GT description).
+
+    Ground truth is read as the data commands read it: ``data_root`` in any layout they accept
+    (NuInsSeg, images with MoNuSeg/Aperio XML beside them), or ``images_dir`` with ``gt_dir``
+    (label maps or XML paired by stem), or ``gt_dir`` alone (label maps, no images needed).
+    """
+    if (gt_dir is None and images_dir is None) == (data_root is None):
+        raise NucleisamError(
+            "give exactly one ground-truth source: masks (a folder of label maps, with or without "
+            "images) or data (a data set root)."
+        )
     predictions = _label_files(_check_dir(pred_dir, "--pred"), "--pred", predictions=True)
     if not predictions:
         raise NucleisamError(f"no label maps (TIFF, PNG or NPY) found in --pred {pred_dir}.")
     vague_files = {} if ambiguous_dir is None else _label_files(_check_dir(ambiguous_dir, "--ambiguous"),
                                                                 "--ambiguous")
     pairs: list[ImagePair] = []
-    if gt_dir is not None:
+    if data_root is not None or images_dir is not None:
+        dataset = open_dataset(data_root, images_dir, gt_dir, binary_masks=binary_masks)
+        for sample in dataset.samples:
+            vague = vague_files.get(sample.stem) if ambiguous_dir is not None else sample.ambiguous_path
+            prediction = predictions.get(sample.stem)
+            pairs.append(ImagePair(sample.stem, sample.labels_path, prediction, vague, sample))
+        source = str(data_root if data_root is not None else gt_dir or images_dir)
+    else:
         gt_files = _label_files(_check_dir(gt_dir, "--gt"), "--gt")
         if not gt_files:
             raise NucleisamError(f"no label maps (TIFF, PNG or NPY) found in --gt {gt_dir}.")
         for stem, path in gt_files.items():
             pairs.append(ImagePair(stem, path, predictions.get(stem), vague_files.get(stem)))
         source = str(gt_dir)
-    else:
-        dataset = load_nuinsseg(_check_dir(data_root, "--data"))
-        for sample in dataset.samples:
-            vague = vague_files.get(sample.stem) if ambiguous_dir is not None else sample.ambiguous_path
-            prediction = predictions.get(sample.stem)
-            pairs.append(ImagePair(sample.stem, sample.labels_path, prediction, vague, sample))
-        source = str(data_root)
     gt_stems = {pair.stem for pair in pairs}
     unmatched = [path.name for stem, path in predictions.items() if stem not in gt_stems]
     if not any(pair.pred_path is not None for pair in pairs):
@@ -253,22 +266,28 @@ def evaluate_folders(
     *,
     gt_dir: str | os.PathLike[str] | None = None,
     data_root: str | os.PathLike[str] | None = None,
+    images_dir: str | os.PathLike[str] | None = None,
     ambiguous_dir: str | os.PathLike[str] | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     ambiguous_threshold: float = 0.25,
     zone_width: int = 0,
     binary_masks: bool = False,
+    overwrite: bool = False,
 ) -> FolderEvaluation:
     """Score every prediction in ``pred_dir`` against ``gt_dir`` (label maps) or a NuInsSeg root.
 
     ``binary_masks=True`` accepts binary prediction (and ``gt_dir``) masks and splits them into
     connected components (touching nuclei then count as one). With ``out_dir``, writes
-    ``per_image.csv``, ``summary.json`` and ``summary.md`` there (see :func:`write_evaluation`).
+    ``per_image.csv``, ``summary.json`` and ``summary.md`` there (see :func:`write_evaluation`);
+    earlier results there are refused before anything is read unless ``overwrite``.
     """
-    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise NucleisamError(f"output path {out_dir} (--out) exists and is not a folder.")
+    if out_dir is not None:
+        if Path(out_dir).exists() and not Path(out_dir).is_dir():
+            raise NucleisamError(f"output path {out_dir} (--out) exists and is not a folder.")
+        check_outputs_free([Path(out_dir) / name for name in EVALUATION_FILES], overwrite=overwrite)
     pairs, unmatched, source = collect_pairs(pred_dir, gt_dir=gt_dir, data_root=data_root,
-                                             ambiguous_dir=ambiguous_dir)
+                                             images_dir=images_dir, ambiguous_dir=ambiguous_dir,
+                                             binary_masks=binary_masks)
     all_pixels = MetricAccumulator(ambiguous_threshold=ambiguous_threshold, zone_width=zone_width)
     vague_excluded = MetricAccumulator(ambiguous_threshold=ambiguous_threshold, zone_width=zone_width)
     vague_pixels: dict[str, int] = {}
@@ -320,7 +339,7 @@ def write_evaluation(evaluation: FolderEvaluation, out_dir: str | os.PathLike[st
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    paths = [folder / "per_image.csv", folder / "summary.json", folder / "summary.md"]
+    paths = [folder / name for name in EVALUATION_FILES]
     write_text_atomic(paths[0], buffer.getvalue())
     write_json_atomic(paths[1], evaluation.to_json())
     write_text_atomic(paths[2], evaluation.markdown())

@@ -2,7 +2,8 @@
 
 Each command group lives in its own module with a ``register(subparsers)`` function that adds its
 sub-parser and sets ``handler`` to a function ``(argparse.Namespace) -> int``. User errors
-(:class:`~nucleisam.errors.NucleisamError`) are printed without a traceback and exit with status 2.
+(:class:`~nucleisam.errors.NucleisamError`) and operating-system errors (full disk, read-only
+folder, permissions) are printed as one line without a traceback and exit with status 2.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from nucleisam import __version__
-from nucleisam.errors import NucleisamError
+from nucleisam.errors import NucleisamError, describe_os_error
 
 # Command-group modules, in the order `nucleisam --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -51,6 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(handler(args) or 0)
     except NucleisamError as exc:
         print(f"nucleisam: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # one not met inside an atomic write: a read, a folder, a lock
+        where = exc.filename if exc.filename is not None else "a file"
+        print(f"nucleisam: error: {describe_os_error(exc.errno or 0, where)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nucleisam: interrupted", file=sys.stderr)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nucleisam.data.download import resolve_data_root
 from nucleisam.errors import NucleisamError
 
 #: CLI options that define the folds → configuration keys.
@@ -46,6 +47,8 @@ def _values(args: argparse.Namespace) -> dict[str, Any]:
     values: dict[str, Any] = dict(fold_values)
     for option, key in (("data", "data.root"), ("images", "data.images"), ("masks", "data.masks")):
         value = getattr(args, option)
+        if option == "data" and value is not None:
+            value = resolve_data_root(value)
         if value is not None:
             values[key] = str(Path(value).resolve())
     return values
@@ -76,7 +79,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "with and without vague areas. Writes the folder layout of `cv`: config.yaml, folds.json, "
         "fold_<i>/per_image.csv and metrics.json, summary.json, report.md, overlays/.",
     )
-    parser.add_argument("--data", metavar="ROOT", help="NuInsSeg-layout folder (data.root)")
+    parser.add_argument(
+        "--data", metavar="ROOT", help="NuInsSeg-layout folder (data.root); 'nuinsseg': the downloaded copy"
+    )
     parser.add_argument("--images", metavar="DIR", help="folder of images (with --masks), instead of --data")
     parser.add_argument("--masks", metavar="DIR", help="folder of instance label maps paired by stem")
     parser.add_argument("--out", metavar="DIR", required=True, help="run folder")

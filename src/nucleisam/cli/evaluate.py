@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from nucleisam.data.download import resolve_data_root
 from nucleisam.evaluate import FolderEvaluation, evaluate_folders
 from nucleisam.metrics import METRIC_NAMES
 
@@ -21,8 +22,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="folder of predicted label maps (TIFF/PNG/NPY, 0 = background)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--gt", metavar="DIR", help="folder of ground-truth label maps (TIFF/PNG/NPY)")
-    source.add_argument("--data", metavar="NUINSSEG_ROOT",
-                        help="NuInsSeg root or organ folder: its 'label masks modify' and vague areas")
+    source.add_argument("--data", metavar="ROOT",
+                        help="a data set as the data commands read it: NuInsSeg root or organ folder "
+                        "('nuinsseg': the downloaded copy), or images with MoNuSeg/Aperio .xml beside them")
+    parser.add_argument("--images", metavar="DIR",
+                        help="with --gt: the images the ground truth belongs to (needed for .xml files)")
     parser.add_argument("--ambiguous", metavar="DIR",
                         help="folder of vague-area masks by stem (default with --data: the data set's own)")
     parser.add_argument("--ambiguous-threshold", type=float, default=0.25, metavar="F",
@@ -36,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "nuclei then count as one; instance label maps are always better)")
     parser.add_argument("--out", metavar="DIR",
                         help="write per_image.csv, summary.json and summary.md here (default: print only)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace results already in --out (default: refuse, as predict does)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(handler=run_evaluate)
 
@@ -65,12 +71,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     evaluation = evaluate_folders(
         args.pred,
         gt_dir=args.gt,
-        data_root=args.data,
+        data_root=None if args.data is None else resolve_data_root(args.data),
+        images_dir=args.images,
         ambiguous_dir=args.ambiguous,
         out_dir=args.out,
         ambiguous_threshold=args.ambiguous_threshold,
         zone_width=args.zone_width,
         binary_masks=args.binary_masks,
+        overwrite=args.overwrite,
     )
     if args.json:
         print(json.dumps(evaluation.to_json(), indent=2))

@@ -44,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overlap", type=int, default=64,
                         help="tile overlap in pixels, at least the largest nucleus diameter (default 64)")
     parser.add_argument("--batch-size", type=int, default=4, help="tiles per network call (default 4)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--device", default="auto",
+                        help="auto, cpu, cuda or cuda:N (default auto: a GPU if torch sees one)")
     parser.add_argument("--mpp", type=float, default=None, metavar="MICRONS",
                         help="microns per level-0 pixel: overrides what slides record; for images adds µm² "
                         "areas to CSV/GeoJSON and resolution to the TIFF")
@@ -79,11 +80,12 @@ def _method(args: argparse.Namespace) -> str:
 def run_predict(args: argparse.Namespace) -> int:
     from nucleisam.batch import CohortOptions, check_formats, run_cohort
     from nucleisam.predict.distributed import MethodSpec, default_torch_threads
-    from nucleisam.predict.predictor import resolve_device
     from nucleisam.predict.tiling import check_tiling
 
     method = _method(args)
     if method == "model":
+        from nucleisam.model.inference import resolve_device
+
         resolve_device(args.device)
     if args.mpp is not None and not (args.mpp > 0 and math.isfinite(args.mpp)):
         raise NucleisamError(f"--mpp {args.mpp} must be a positive number of microns per pixel.")

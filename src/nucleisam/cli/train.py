@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nucleisam.data.download import resolve_data_root
 from nucleisam.errors import NucleisamError
 
 if TYPE_CHECKING:  # the training stack (torch) is imported when a training command runs, not before
@@ -35,14 +36,16 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML/TOML configuration (see configs/)")
     _add_set_option(parser)
     parser.add_argument("--checkpoint", metavar="PATH", help="MobileSAM checkpoint (model.weights)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.device")
+    parser.add_argument("--device", help="train.device: auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --out (finished folds are kept)"
     )
 
 
 def _add_data_options(parser: argparse.ArgumentParser, *, required_out: bool = True) -> None:
-    parser.add_argument("--data", metavar="ROOT", help="NuInsSeg-layout folder (data.root)")
+    parser.add_argument(
+        "--data", metavar="ROOT", help="NuInsSeg-layout folder (data.root); 'nuinsseg': the downloaded copy"
+    )
     parser.add_argument("--images", metavar="DIR", help="folder of images (with --masks), instead of --data")
     parser.add_argument("--masks", metavar="DIR", help="folder of instance label maps paired by stem")
     parser.add_argument("--out", metavar="DIR", required=required_out, help="run folder")
@@ -59,6 +62,8 @@ def _values(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
         ("device", "train.device"),
     ):
         value = getattr(args, option, None)
+        if option == "data" and value is not None:
+            value = resolve_data_root(value)
         if value is not None:
             values[key] = (
                 str(Path(value).resolve()) if option in ("data", "images", "masks", "checkpoint") else value

@@ -7,6 +7,7 @@ are refused: the model and the stain-based methods need colour.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -18,6 +19,19 @@ from nucleisam.errors import NucleisamError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 TIFF_SUFFIXES = (".tif", ".tiff")
 
+# tifffile logs its complaints about a damaged file as warnings; with no handler configured Python
+# prints them to stderr before our one-line error. A NullHandler keeps them for applications that
+# configure logging and silent otherwise.
+logging.getLogger("tifffile").addHandler(logging.NullHandler())
+
+
+def read_tiff_array(path: Path) -> np.ndarray:
+    """Level 0 of the first series of a TIFF file (plain, tiled, BigTIFF or pyramidal)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        return tif.series[0].levels[0].asarray()
+
 
 def _read_array(path: Path) -> np.ndarray:
     """Decode any supported file into a numpy array, with a clear error when it cannot be read."""
@@ -25,18 +39,18 @@ def _read_array(path: Path) -> np.ndarray:
         raise NucleisamError(f"image file not found: {path}")
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                return tif.series[0].levels[0].asarray()
+            return read_tiff_array(path)
         with Image.open(path) as img:
             img.load()
             if img.mode in ("P", "PA"):
                 img = img.convert("RGBA")
             return np.asarray(img)
-    except (UnidentifiedImageError, OSError, ValueError, IndexError, KeyError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # decoders (Pillow, tifffile, imagecodecs, zlib) each raise their own types
         raise NucleisamError(
-            f"cannot read image {path}: {exc}. Check that the file is a valid PNG, JPEG or TIFF."
+            f"cannot read image {path}: {exc or type(exc).__name__}. Check that the file is a complete, "
+            "valid PNG, JPEG or TIFF."
         ) from exc
 
 

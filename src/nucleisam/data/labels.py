@@ -11,6 +11,7 @@ refused unless the caller asks for ``binary_masks=True``, which splits it into c
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -18,7 +19,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage as ndi
 
+from nucleisam.data.imageio import read_tiff_array
 from nucleisam.errors import NucleisamError
+
+logger = logging.getLogger(__name__)
 
 LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
 #: `nucleisam predict` names label maps ``<stem>_labels.tif``; `evaluate` pairs them by ``<stem>``.
@@ -44,17 +48,17 @@ def _decode(path: Path, *, what: str) -> np.ndarray:
         if suffix == ".npy":
             return np.load(path, allow_pickle=False)
         if suffix in _TIFF_SUFFIXES:
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                return tif.series[0].levels[0].asarray()
+            return read_tiff_array(path)
         with Image.open(path) as img:
             img.load()
             # A palette ("P") PNG converts to its indices, which are the stored ids.
             return np.asarray(img)
-    except (UnidentifiedImageError, OSError, ValueError, IndexError, KeyError, EOFError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # decoders (Pillow, tifffile, imagecodecs, numpy) each raise their own types
         raise NucleisamError(
-            f"cannot read {what} {path}: {exc}. Check that the file is a valid TIFF, PNG or NPY."
+            f"cannot read {what} {path}: {exc or type(exc).__name__}. Check that the file is a complete, "
+            "valid TIFF, PNG or NPY."
         ) from exc
 
 
@@ -122,10 +126,17 @@ def label_map_from_array(
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8)
     if np.issubdtype(arr.dtype, np.floating):
-        raise NucleisamError(
-            f"{source} holds floating-point values ({arr.dtype}); instance ids must be integers. "
-            "Save the label map as uint16 or int32 (0 = background, one id per nucleus)."
-        )
+        # Several tools export instance maps as float32 TIFFs holding whole numbers: accept those.
+        if not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+            raise NucleisamError(
+                f"{source} holds fractional or non-finite floating-point values ({arr.dtype}); instance "
+                "ids must be whole numbers. Save the label map as uint16 or int32 (0 = background, one id "
+                "per nucleus)."
+            )
+        logger.info("%s stores whole-number ids as %s; read as integers", source, arr.dtype)
+        if arr.size and float(arr.max()) > _INT32_MAX:
+            raise NucleisamError(f"{source} has ids above {_INT32_MAX}; relabel it with smaller ids.")
+        arr = arr.astype(np.int64)
     if not np.issubdtype(arr.dtype, np.integer):
         raise NucleisamError(f"{source} has unsupported pixel type {arr.dtype}; expected integer ids.")
     if arr.size and np.issubdtype(arr.dtype, np.signedinteger) and int(arr.min()) < 0:

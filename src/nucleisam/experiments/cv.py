@@ -53,11 +53,11 @@ from nucleisam.experiments.runs import (
 )
 from nucleisam.metrics import MetricAccumulator
 from nucleisam.model import build_model, save_adapter
+from nucleisam.model.inference import predict_maps, resolve_device
 from nucleisam.postprocess import PostprocessConfig, labels_from_maps, tune_postprocess
 from nucleisam.train.config import Config, load_run_config
 from nucleisam.train.dataset import SampleCache, TileData, TrainingDataset
 from nucleisam.train.distributed import DistContext
-from nucleisam.train.inference import predict_maps
 from nucleisam.train.loop import CHECKPOINT_DIR, HISTORY_FILE, fit
 from nucleisam.train.state import load_weights_into, seed_everything
 from nucleisam.utils.atomic import ensure_output_dir, write_json_atomic
@@ -137,10 +137,12 @@ def run_fold(
     val_tiles = [cache.get(s) for s in split.val]
     device = context.device
     batch = config.train.eval_batch_size
-    amp = config.train.amp
+    precision = "auto" if config.train.amp else "fp32"
 
     def validate(current: torch.nn.Module) -> dict[str, float]:
-        maps = predict_maps(current, [t.image for t in val_tiles], device=device, batch_size=batch, amp=amp)
+        maps = predict_maps(
+            current, [t.image for t in val_tiles], device=device, batch_size=batch, precision=precision
+        )
         return _score_maps(val_tiles, maps, config.postprocess)
 
     result = fit(
@@ -160,7 +162,9 @@ def run_fold(
     load_weights_into(model, result.best_weights)
     model.to(device)
 
-    val_maps = predict_maps(model, [t.image for t in val_tiles], device=device, batch_size=batch, amp=amp)
+    val_maps = predict_maps(
+            model, [t.image for t in val_tiles], device=device, batch_size=batch, precision=precision
+        )
     tuning = tune_postprocess(
         [(maps, t.labels, t.ambiguous) for maps, t in zip(val_maps, val_tiles, strict=True)],
         config=config.postprocess,
@@ -199,7 +203,9 @@ def run_fold(
         for start in range(0, len(split.test), batch):
             chunk = split.test[start : start + batch]
             tiles = [cache.get(s) for s in chunk]
-            maps = predict_maps(model, [t.image for t in tiles], device=device, batch_size=batch, amp=amp)
+            maps = predict_maps(
+                model, [t.image for t in tiles], device=device, batch_size=batch, precision=precision
+            )
             for sample, data, tile_maps in zip(chunk, tiles, maps, strict=True):
                 watershed = labels_from_maps(tile_maps, tuned)
                 components = foreground_components(tile_maps["foreground"], threshold)
@@ -361,8 +367,6 @@ def run_cv(
 
 
 def _device(config: Config) -> torch.device:
-    from nucleisam.train.distributed import resolve_device
-
     return resolve_device(config.train.device)
 
 

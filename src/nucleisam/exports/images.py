@@ -39,7 +39,7 @@ from skimage.segmentation import find_boundaries
 from nucleisam.data.labels import PREDICTED_LABELS_SUFFIX, PREDICTED_OVERLAY_SUFFIX
 from nucleisam.errors import NucleisamError
 from nucleisam.morphometry import check_label_map, iter_nucleus_polygons, measure_nuclei
-from nucleisam.utils.atomic import atomic_output
+from nucleisam.utils.atomic import atomic_output, check_outputs_free
 
 #: Export formats in the order the CLI lists them.
 EXPORT_FORMATS: tuple[str, ...] = ("tiff", "geojson", "csv", "overlay")
@@ -73,18 +73,6 @@ def parse_formats(text: str | Sequence[str], *, option: str = "--formats") -> tu
 def output_paths(out_dir: str | os.PathLike[str], stem: str, formats: Iterable[str]) -> dict[str, Path]:
     """The file each format writes for the image ``stem`` in ``out_dir``."""
     return {name: Path(out_dir) / f"{stem}{OUTPUT_SUFFIXES[name]}" for name in formats}
-
-
-def check_outputs_free(paths: Iterable[str | os.PathLike[str]], *, overwrite: bool) -> None:
-    """Raise :class:`NucleisamError` naming the first existing path, unless ``overwrite``."""
-    if overwrite:
-        return
-    for path in paths:
-        if Path(path).exists():
-            raise NucleisamError(
-                f"output file {path} already exists; pass --overwrite (overwrite=True) to replace it "
-                "or choose another --out folder."
-            )
 
 
 def label_dtype(labels: np.ndarray) -> np.dtype:

@@ -69,10 +69,15 @@ def _first_per_group(group: np.ndarray, *tie_keys: np.ndarray) -> np.ndarray:
 
 
 def _max_iou_edges(table: OverlapTable) -> np.ndarray:
-    """AJI pairing as indices into the table's pairs: each GT with its largest-IoU prediction."""
+    """AJI pairing as indices into the table's pairs: each GT with its largest-IoU prediction.
+
+    Exact IoU ties go to the prediction with the larger union, then the lowest id: HoVer-Net's
+    ``get_fast_aji`` takes the argmax of ``inter / (union + 1e-6)``, whose epsilon favours the
+    larger union among equal ratios (and whose argmax takes the first of equal values).
+    """
     if table.intersection.size == 0:
         return _EMPTY
-    return np.sort(_first_per_group(table.gt_index, -table.iou, table.pred_index))
+    return np.sort(_first_per_group(table.gt_index, -table.iou, -table.union, table.pred_index))
 
 
 def _one_to_one(

@@ -8,24 +8,19 @@ in full (missing, unexpected and mis-shaped keys) instead of PyTorch's one-line 
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import logging
 import os
 import pickle
-import sys
-import urllib.error
-import urllib.request
+import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from nucleisam.errors import NucleisamError
-from nucleisam.utils.atomic import atomic_output
+from nucleisam.utils.download import HOME_ENV, cache_dir, download_file, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -34,43 +29,11 @@ CHECKPOINT_URL = "https://github.com/ChaoningZhang/MobileSAM/raw/a509aac54fdd7af
 CHECKPOINT_SHA256 = "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f"
 CHECKPOINT_SIZE = 40_728_226
 CHECKPOINT_FILENAME = "mobile_sam.pt"
-#: Environment variable naming the folder that holds the cached weights.
-HOME_ENV = "NUCLEISAM_HOME"
-
-_CHUNK = 1 << 20
-
-
-def cache_dir() -> Path:
-    """Folder for downloaded weights: ``$NUCLEISAM_HOME`` if set, else the platform's user cache.
-
-    Linux and other Unix: ``$XDG_CACHE_HOME/nucleisam`` (default ``~/.cache/nucleisam``); macOS:
-    ``~/Library/Caches/nucleisam``; Windows: ``%LOCALAPPDATA%\\nucleisam\\Cache``.
-    """
-    home = os.environ.get(HOME_ENV)
-    if home:
-        return Path(home).expanduser()
-    if sys.platform == "win32":
-        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
-        return Path(base) / "nucleisam" / "Cache"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "nucleisam"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base_dir = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
-    return base_dir / "nucleisam"
 
 
 def default_checkpoint_path() -> Path:
     """Where ``nucleisam weights download`` puts (and ``weights="auto"`` looks for) ``mobile_sam.pt``."""
     return cache_dir() / CHECKPOINT_FILENAME
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _manual_instructions(destination: Path, url: str | None = None) -> str:
@@ -95,13 +58,15 @@ def download_checkpoint(
     """Download the MobileSAM weights and verify them; return the path of the verified file.
 
     The bytes go to a ``.part`` file beside ``destination`` that is renamed into place only after
-    its sha256 matches, so an interrupted or corrupted download never leaves a usable-looking file.
+    its sha256 matches, so an interrupted or corrupted download never leaves a usable-looking file;
+    an interrupted download is resumed from its ``.part`` file by the next call
+    (:func:`nucleisam.utils.download.download_file`).
 
     Args:
         destination: target file (default :func:`default_checkpoint_path`).
         url, sha256, expected_size: the file to fetch and its known digest and size (size only sizes
             the progress bar when the server does not send one).
-        force: download again even if a verified file is already there.
+        force: download again from the start even if a verified file is already there.
         progress: show a progress bar on stderr.
         timeout: seconds to wait for the server before giving up.
     Raises:
@@ -125,38 +90,17 @@ def download_checkpoint(
             f"cannot create the weights folder {target.parent}: {exc.strerror or exc}. "
             f"Set {HOME_ENV} to a folder you can write to."
         ) from exc
-    digest = hashlib.sha256()
-    try:
-        with atomic_output(target) as part, urllib.request.urlopen(url, timeout=timeout) as response:
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else expected_size
-            with (
-                open(part, "wb") as out,
-                tqdm(
-                    total=total,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    desc=CHECKPOINT_FILENAME,
-                    disable=not progress,
-                ) as bar,
-            ):
-                while chunk := response.read(_CHUNK):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-            if digest.hexdigest() != sha256:
-                # Raised inside atomic_output: the .part file is removed and nothing is renamed.
-                raise NucleisamError(
-                    f"the file downloaded from {url} has sha256 {digest.hexdigest()}, expected {sha256}; "
-                    f"it was discarded. {_manual_instructions(target)}"
-                )
-    except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError is an OSError
-        reason = getattr(exc, "reason", None) or exc
-        raise NucleisamError(
-            f"could not download the MobileSAM weights from {url} ({reason}). "
-            f"{_manual_instructions(target)}"
-        ) from exc
+    download_file(
+        url,
+        target,
+        digest=sha256,
+        size=expected_size,
+        what="the MobileSAM weights",
+        hint=_manual_instructions(target),
+        resume=not force,
+        progress=progress,
+        timeout=timeout,
+    )
     logger.info("MobileSAM weights downloaded and verified: %s", target)
     return target
 
@@ -172,33 +116,64 @@ def find_checkpoint(*, download: bool = True, progress: bool = True) -> Path:
     )
 
 
+_REDOWNLOAD = (
+    "Download it again with `nucleisam weights download --force`, or give the official mobile_sam.pt."
+)
+
+
+def _file_kind(head: bytes) -> str:
+    """What the first bytes of a weights file say it is: ``torch-zip``, ``pickle``,
+    ``safetensors``, ``html``, ``text`` or ``unknown``."""
+    if head.startswith(b"PK\x03\x04"):
+        return "torch-zip"
+    if head[:1] == b"\x80":  # pickle protocol marker: PyTorch's legacy (pre-1.6) format
+        return "pickle"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "safetensors"
+    stripped = head.lstrip().lower()
+    if stripped.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
+        return "html"
+    if head and all(32 <= byte < 127 or byte in b"\t\r\n" for byte in head):
+        return "text"
+    return "unknown"
+
+
+def _unsafe_global(exc: BaseException) -> str | None:
+    """The disallowed class a weights-only unpickler met, if that is why it stopped."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    return found.group(1) if found else None
+
+
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read a flat ``state_dict`` saved with ``torch.save``, safely.
+    """Read a flat ``state_dict`` (``torch.save`` file or ``.safetensors``), safely.
 
     Only tensors and plain containers are accepted (``torch.load(weights_only=True)``): a file that
     would construct any other object (which in a pickle can mean running arbitrary code) is refused
-    before anything in it runs.
+    before anything in it runs. Failures are told apart — missing, empty, truncated, not a weights
+    file at all (a web page, text), unsafe objects, not a flat mapping — and never answered with
+    advice to load unsafely.
 
     Raises:
-        NucleisamError: unreadable, unsafe, or not a mapping of names to tensors.
+        NucleisamError: naming the file and what is wrong with it.
     """
     file = Path(path)
+    if file.is_dir():
+        raise NucleisamError(f"checkpoint {file} is a folder; give the path of mobile_sam.pt inside it.")
     if not file.is_file():
-        raise NucleisamError(
-            f"checkpoint {file} does not exist (--checkpoint). Give the path to mobile_sam.pt."
-        )
+        raise NucleisamError(f"checkpoint {file} does not exist. Give the path to mobile_sam.pt.")
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise NucleisamError(
-            f"refused to load {file}: it contains objects other than tensors, which could run code when "
-            f"unpickled ({str(exc).splitlines()[0]}). Use the official mobile_sam.pt or a plain state_dict."
-        ) from exc
-    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise NucleisamError(
-            f"cannot read checkpoint {file}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. "
-            "Is it a complete PyTorch .pt file? Download it again with `nucleisam weights download --force`."
-        ) from exc
+        with open(file, "rb") as handle:
+            head = handle.read(64)
+    except OSError as exc:
+        raise NucleisamError(f"cannot read checkpoint {file}: {exc.strerror or exc}.") from exc
+    if not head:
+        raise NucleisamError(f"checkpoint {file} is empty (0 bytes): an interrupted download? {_REDOWNLOAD}")
+    kind = _file_kind(head)
+    if kind in ("html", "text", "unknown"):
+        what = {"html": "a web page (HTML), e.g. an error or login page saved instead of the file",
+                "text": "a text file", "unknown": "not a PyTorch or safetensors file"}[kind]
+        raise NucleisamError(f"checkpoint {file} is {what}, not model weights. {_REDOWNLOAD}")
+    state = _read_safetensors(file) if kind == "safetensors" else _read_torch(file)
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
@@ -207,6 +182,41 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
             "mobile_sam.pt."
         )
     return dict(state)
+
+
+def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(file, device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise NucleisamError(
+            f"checkpoint {file} looks like a safetensors file but cannot be read ({exc}): truncated? "
+            f"{_REDOWNLOAD}"
+        ) from exc
+
+
+def _read_torch(file: Path) -> object:
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        unsafe = _unsafe_global(exc)
+        if unsafe is None:
+            raise NucleisamError(
+                f"checkpoint {file} is damaged (its pickle data cannot be read). {_REDOWNLOAD}"
+            ) from exc
+        raise NucleisamError(
+            f"refused to load checkpoint {file}: besides tensors it refers to {unsafe}, and rebuilding "
+            "that from a pickle can run code. Use the official mobile_sam.pt or a plain state_dict of "
+            "tensors (or a .safetensors file)."
+        ) from exc
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError, KeyError, IndexError) as exc:
+        damaged = isinstance(exc, EOFError | zipfile.BadZipFile | RuntimeError)
+        raise NucleisamError(
+            f"checkpoint {file} is {'truncated or damaged' if damaged else 'unreadable'} "
+            f"({type(exc).__name__}): not a complete PyTorch file. {_REDOWNLOAD}"
+        ) from exc
 
 
 @dataclass(frozen=True)

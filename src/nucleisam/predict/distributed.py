@@ -46,7 +46,7 @@ class MethodSpec:
     kind: str
     adapter: str | None = None
     checkpoint: str | None = None
-    device: str = "cpu"
+    device: str = "auto"
     tile: int = 512
     overlap: int = 64
     batch_size: int = 4
@@ -71,8 +71,9 @@ _SLIDES: OrderedDict[tuple[str, float | None], Any] = OrderedDict()
 
 
 def _worker_device(device: str) -> str:
-    """``cuda`` on a Dask worker of a multi-GPU machine → that worker's own GPU (by worker name)."""
-    if device != "cuda":
+    """``cuda`` (or ``auto``) on a Dask worker of a multi-GPU machine → that worker's own GPU (by
+    worker name)."""
+    if device not in ("cuda", "auto"):
         return device
     try:
         from distributed import get_worker

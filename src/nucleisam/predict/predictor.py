@@ -54,44 +54,6 @@ class Prediction:
     maps: dict[str, np.ndarray] | None = None
 
 
-def resolve_device(device: str) -> torch.device:
-    """``"cpu"``, ``"cuda"``, ``"cuda:1"``…; a CUDA device that is absent is a clear error."""
-    import torch
-
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise NucleisamError(f"--device {device!r} is not a device name; use cpu or cuda.") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise NucleisamError(f"--device {device}: no CUDA GPU is available here; use --device cpu.")
-    if resolved.type not in ("cpu", "cuda"):
-        raise NucleisamError(f"--device {device}: only cpu and cuda are supported.")
-    return resolved
-
-
-def model_map_fn(model: torch.nn.Module, device: torch.device) -> MapFn:
-    """Wrap a NucleiSam-like model as a tile-batch function for :func:`predict_tiled`.
-
-    The model takes (B, 3, H, W) RGB on the 0–255 scale and returns (B, 1, H, W) maps with
-    ``foreground`` as logits; the wrapper returns numpy float32 (B, H, W) maps with the
-    foreground turned into a probability, as the post-processing expects.
-    """
-    import torch
-
-    def run(tiles: np.ndarray) -> dict[str, np.ndarray]:
-        batch = torch.from_numpy(np.ascontiguousarray(tiles.transpose(0, 3, 1, 2))).to(device)
-        with torch.inference_mode():
-            outputs = model(batch.float())
-        maps = {}
-        for name, value in outputs.items():
-            if name == "foreground":
-                value = torch.sigmoid(value)
-            maps[name] = value[:, 0].float().cpu().numpy()
-        return maps
-
-    return run
-
-
 def _postprocess_config(metadata: Mapping[str, Any], source: str) -> PostprocessConfig:
     from nucleisam.postprocess import PostprocessConfig
 
@@ -144,7 +106,8 @@ class Predictor:
         model: torch.nn.Module,
         *,
         postprocess: PostprocessConfig | LabelFn | None = None,
-        device: str = "cpu",
+        device: str = "auto",
+        precision: str = "auto",
         tile: int = 512,
         overlap: int = 64,
         batch_size: int = 4,
@@ -154,10 +117,12 @@ class Predictor:
 
         ``postprocess`` is a :class:`~nucleisam.postprocess.PostprocessConfig` (default: its
         defaults) for :func:`~nucleisam.postprocess.labels_from_maps`, or any ``(maps, image) ->
-        labels`` function.
+        labels`` function. ``device`` is ``auto|cpu|cuda[:N]``; ``precision`` follows
+        :func:`nucleisam.model.inference.resolve_precision` (the policy validation uses too).
         """
-        resolved = resolve_device(device)
-        model = model.to(resolved).eval()
+        from nucleisam.model.inference import resolve_device, tile_map_fn
+
+        map_fn = tile_map_fn(model, resolve_device(device), precision)
         if callable(postprocess):
             label_fn = postprocess
         else:
@@ -168,7 +133,7 @@ class Predictor:
             def label_fn(maps: Mapping[str, np.ndarray], image: np.ndarray) -> np.ndarray:
                 return labels_from_maps(dict(maps), config)
 
-        return cls(label_fn=label_fn, map_fn=model_map_fn(model, resolved), tile=tile, overlap=overlap,
+        return cls(label_fn=label_fn, map_fn=map_fn, tile=tile, overlap=overlap,
                    batch_size=batch_size, description=description)
 
     @classmethod
@@ -176,12 +141,13 @@ class Predictor:
         cls,
         path: str | os.PathLike[str],
         checkpoint: str | os.PathLike[str] | None = None,
-        device: str = "cpu",
+        device: str = "auto",
         tile: int = 512,
         overlap: int = 64,
         batch_size: int = 4,
         *,
         allow_checkpoint_mismatch: bool = False,
+        precision: str = "auto",
     ) -> Predictor:
         """Load a fine-tuned adapter (and its base checkpoint) with the post-processing parameters
         recorded in it (defaults where none were recorded)."""
@@ -191,8 +157,10 @@ class Predictor:
         model, metadata = load_adapter(path, checkpoint=checkpoint,
                                        allow_checkpoint_mismatch=allow_checkpoint_mismatch)
         config = _postprocess_config(metadata, os.fspath(path))
-        return cls.from_model(model, postprocess=config, device=device, tile=tile, overlap=overlap,
-                              batch_size=batch_size, description=f"adapter {os.fspath(path)}")
+        return cls.from_model(
+            model, postprocess=config, device=device, precision=precision, tile=tile, overlap=overlap,
+            batch_size=batch_size, description=f"adapter {os.fspath(path)}",
+        )
 
     @classmethod
     def classical(cls, *, tile: int = 512, overlap: int = 64, **params: Any) -> Predictor:

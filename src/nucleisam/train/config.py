@@ -8,6 +8,7 @@ tree is saved as ``config.yaml`` in the run folder, so ``--config <run>/config.y
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -46,8 +47,10 @@ class TrainConfig:
 
     AdamW with a linear warm-up over ``warmup_epochs`` (when set) or ``warmup_fraction`` of all
     optimiser steps, then cosine decay to ``min_lr_ratio`` × ``lr``. The effective batch is
-    ``batch_size`` × ``grad_accumulation`` × number of processes. ``amp`` means bf16 autocast on
-    CUDA (CPU always trains in fp32). Each ``validate_every`` epochs the inner validation split is
+    ``batch_size`` × ``grad_accumulation`` × number of processes. ``device`` is ``auto`` (a GPU if
+    torch sees one), ``cpu``, ``cuda`` or ``cuda:N``. ``amp`` means bf16 autocast on CUDA, for
+    training and for the validation maps (CPU always runs in fp32; see
+    :mod:`nucleisam.model.inference`). Each ``validate_every`` epochs the inner validation split is
     post-processed and scored; the epoch with the best mean ``select_metric`` is kept.
     """
 
@@ -64,7 +67,7 @@ class TrainConfig:
     grad_accumulation: int = 1
     seed: int = 0
     num_workers: int = 2
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = "auto"
     amp: bool = True
     augment: bool = True
     validate_every: int = 1
@@ -77,6 +80,10 @@ class TrainConfig:
         require(self.batch_size >= 1, "train.batch_size", "at least 1", self.batch_size)
         require(self.eval_batch_size >= 1, "train.eval_batch_size", "at least 1", self.eval_batch_size)
         require(self.lr > 0.0, "train.lr", "> 0", self.lr)
+        require(
+            re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+            "train.device", "auto, cpu, cuda or cuda:N", self.device,
+        )
         require(self.weight_decay >= 0.0, "train.weight_decay", "≥ 0", self.weight_decay)
         require(
             0.0 <= self.warmup_fraction < 1.0, "train.warmup_fraction", "in [0, 1)", self.warmup_fraction

@@ -13,23 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from nucleisam.errors import NucleisamError
-
-
-def resolve_device(preference: str, *, local_rank: int = 0) -> torch.device:
-    """ "auto" → CUDA when available else CPU; "cuda" without a GPU is an error naming the option."""
-    if preference == "cpu":
-        return torch.device("cpu")
-    if preference in ("auto", "cuda"):
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
-        if preference == "cuda":
-            raise NucleisamError(
-                "train.device is 'cuda' but torch sees no CUDA GPU (CPU build or no driver). "
-                "Use --set train.device=cpu, or install a CUDA build of PyTorch (see README)."
-            )
-        return torch.device("cpu")
-    raise NucleisamError(f"train.device must be 'auto', 'cpu' or 'cuda', not {preference!r}.")
+from nucleisam.model.inference import resolve_device
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,8 @@ from nucleisam.utils.tables import write_rows_csv
 
 CHECKPOINT_DIR = "checkpoint"
 HISTORY_FILE = "history.csv"
+#: The loop's own bookkeeping in ``train_state.pt``, all read back on resume.
+LOOP_STATE_KEYS = ("history", "best_epoch", "best_score", "best_file", "batches_done", "partial_sums")
 
 _OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
     {getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError}
@@ -225,7 +227,9 @@ class Trainer:
 
     def restore(self) -> bool:
         """Load the checkpoint of ``out_dir`` if there is one; True when resumed."""
-        state = load_checkpoint(self.ckpt_dir, model=self.model, optimizer=self.optimizer)
+        state = load_checkpoint(
+            self.ckpt_dir, model=self.model, optimizer=self.optimizer, required=LOOP_STATE_KEYS
+        )
         if state is None:
             return False
         self.epoch, self.step = int(state["epoch"]), int(state["step"])

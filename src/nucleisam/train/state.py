@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,8 @@ from nucleisam.errors import NucleisamError
 from nucleisam.utils.atomic import atomic_output
 
 TRAIN_STATE_FILE = "train_state.pt"
+#: What resuming reads from ``train_state.pt`` besides the training loop's own bookkeeping.
+REQUIRED_STATE_KEYS = ("epoch", "step", "weights_file", "optimizer", "rng", "frozen_fingerprint")
 #: Bumped when the layout of ``train_state.pt`` changes incompatibly.
 STATE_FORMAT = 1
 
@@ -157,19 +159,30 @@ def save_checkpoint(
     return folder / TRAIN_STATE_FILE
 
 
-def read_train_state(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The saved ``train_state.pt`` of ``directory``, or None when there is no checkpoint."""
+def read_train_state(
+    directory: str | os.PathLike[str], *, required: Sequence[str] = ()
+) -> dict[str, Any] | None:
+    """The saved ``train_state.pt`` of ``directory``, or None when there is no checkpoint; it must
+    hold :data:`REQUIRED_STATE_KEYS` and the caller's ``required`` keys."""
     path = Path(directory) / TRAIN_STATE_FILE
     if not path.is_file():
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unpickling failure means the same thing to the user
+        # torch's own text may advise weights_only=False: never pass that on for a damaged file.
         raise NucleisamError(
-            f"cannot read checkpoint {path}: {exc}. Delete the folder {path.parent} to start the fold again."
+            f"cannot read checkpoint {path} ({type(exc).__name__}: damaged, truncated or not written by "
+            f"nucleisam). Delete the folder {path.parent} to start the fold again."
         ) from exc
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise NucleisamError(f"checkpoint {path} has an unknown format; delete {path.parent} to start again.")
+    missing = [key for key in (*REQUIRED_STATE_KEYS, *required) if key not in state]
+    if missing:
+        raise NucleisamError(
+            f"checkpoint {path} lacks {', '.join(missing)} (an incomplete or edited file); delete "
+            f"{path.parent} to start the fold again."
+        )
     return state
 
 
@@ -179,9 +192,11 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     restore_rng: bool = True,
+    required: Sequence[str] = (),
 ) -> dict[str, Any] | None:
-    """Restore model weights, optimiser and (optionally) RNG states; return the saved state dict."""
-    state = read_train_state(directory)
+    """Restore model weights, optimiser and (optionally) RNG states; return the saved state dict
+    (which holds the caller's ``required`` keys)."""
+    state = read_train_state(directory, required=required)
     if state is None:
         return None
     fingerprint = frozen_fingerprint(model)
@@ -193,7 +208,13 @@ def load_checkpoint(
             "run's own config.yaml and base weights, or start a new run."
         )
     load_weights_into(model, Path(directory) / state["weights_file"])
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise NucleisamError(
+            f"the optimiser state in {directory} does not fit this model's trainable parameters ({exc}); "
+            "resume with the run's own config.yaml, or delete the folder to start the fold again."
+        ) from exc
     if restore_rng:
         restore_rng_state(state["rng"])
     return state
