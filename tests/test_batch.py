@@ -30,9 +30,9 @@ def manifest(out: Path) -> dict[str, dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def slides(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Three small pyramidal slides (0.25 µm/px) and a truncated one."""
+    """Two small pyramidal slides (0.25 µm/px) and a truncated one."""
     folder = tmp_path_factory.mktemp("slides")
-    for seed, name in enumerate(("a", "b", "c")):
+    for seed, name in enumerate(("a", "b")):
         image = synthetic_nuclei(512, 640, seed=seed)[0]
         write_slide(folder / f"{name}.tif", image, mpp=0.25, factors=(1, 2))
     data = (folder / "a.tif").read_bytes()
@@ -65,7 +65,7 @@ def test_a_corrupt_slide_fails_alone_and_a_rerun_redoes_only_it(slides: Path, tm
 
 
 def test_kill_9_mid_cohort_then_rerun_gives_the_clean_run_outputs(slides: Path, tmp_path: Path) -> None:
-    inputs = [str(slides / name) for name in ("a.tif", "b.tif", "c.tif")]
+    inputs = [str(slides / name) for name in ("a.tif", "b.tif")]
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "nucleisam", "predict", *inputs, "--out", str(out), *ARGS]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -83,14 +83,14 @@ def test_kill_9_mid_cohort_then_rerun_gives_the_clean_run_outputs(slides: Path, 
         process.wait()
     rows = manifest(out)
     assert rows["b.tif"]["status"] == "failed" and "unfinished" in rows["b.tif"]["error"]
-    assert "c.tif" not in rows and not (out / "c_nuclei.csv").exists()
+    assert not (out / "b_nuclei.csv").exists()
 
     assert main(["predict", *inputs, "--out", str(out), *ARGS]) == 0  # the stale lock is taken over
     clean = tmp_path / "clean"
     assert main(["predict", *inputs, "--out", str(clean), *ARGS]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in clean.iterdir())
     assert all(row["status"] == "done" for row in manifest(out).values())
-    for stem in ("a", "b", "c"):
+    for stem in ("a", "b"):
         assert (out / f"{stem}_nuclei.csv").read_bytes() == (clean / f"{stem}_nuclei.csv").read_bytes()
         np.testing.assert_array_equal(zarr.open_group(out / f"{stem}_labels.zarr", mode="r")["0"][:],
                                       zarr.open_group(clean / f"{stem}_labels.zarr", mode="r")["0"][:])

@@ -92,6 +92,7 @@ def test_chunks_in_any_order_equal_whole_image_tiling() -> None:
 
 
 def test_slide_path_equals_in_memory_path_on_the_same_pixels(scene: np.ndarray, tmp_path: Path) -> None:
+    scene = scene[:768, :1024]
     Image.fromarray(scene).save(tmp_path / "s.png")
     write_slide(tmp_path / "s.tif", scene, mpp=0.25, factors=(1, 2, 4))
     common = ["--method", "classical", "--tile", "256", "--overlap", "64"]
@@ -109,7 +110,7 @@ def test_slide_path_equals_in_memory_path_on_the_same_pixels(scene: np.ndarray, 
     assert slide_labels.dtype == np.uint32 and same_partition(memory_labels, slide_labels.astype(np.int64))
 
     memory_rows, slide_rows = read_csv(tmp_path / "mem" / "s_nuclei.csv"), read_csv(slide / "s_nuclei.csv")
-    assert len(slide_rows) == len(memory_rows) > 1000
+    assert len(slide_rows) == len(memory_rows) > 700
     key = lambda row: (float(row["centroid_y"]), float(row["centroid_x"]))  # noqa: E731
     for mine, theirs in zip(sorted(slide_rows, key=key), sorted(memory_rows, key=key), strict=True):
         for column in theirs:
@@ -137,7 +138,7 @@ def test_slide_path_equals_in_memory_path_on_the_same_pixels(scene: np.ndarray, 
     assert attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] == [0.25, 0.25]
     assert [d["path"] for d in attrs["multiscales"][0]["datasets"]] == ["0", "1"]
     assert "image-label" in attrs
-    assert Image.open(slide / "s_overlay.png").size == (1280, 1024)  # the thumbnail (≤ 2048 px)
+    assert Image.open(slide / "s_overlay.png").size == (1024, 768)  # the thumbnail (≤ 2048 px)
 
 
 @pytest.mark.parametrize("tissue", ["auto", "mask"])
