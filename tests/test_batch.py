@@ -128,3 +128,20 @@ def test_csv_list_of_inputs_and_unwritable_output(slides: Path, tmp_path: Path,
     assert main(["predict", str(slides / "a.tif"), "--out", str(blocker / "out"), *ARGS]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot create output folder" in err and str(blocker / "out") in err
+
+
+def test_progress_is_logged_in_lines_when_stderr_is_not_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from nucleisam import batch
+
+    monkeypatch.setattr(batch, "LOG_INTERVAL", 0.0)
+    stream = io.StringIO()
+    progress = batch.Progress(2, stream=stream)
+    progress.start("s.svs", 10)
+    progress.advance(4)
+    progress.end()
+    progress.close()
+    line = stream.getvalue().strip()
+    assert line.startswith("nucleisam: s.svs: 4/10 tiles (") and "ETA" in line and line.endswith("input 1/2")
+    assert "\r" not in stream.getvalue()  # no bar drawn into a log file
