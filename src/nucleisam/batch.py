@@ -129,12 +129,18 @@ def check_formats(formats: Sequence[str] | None) -> tuple[str, ...] | None:
     return names
 
 
-def _kind_formats(options: CohortOptions, kind: str) -> tuple[str, ...]:
+def _kind_formats(options: CohortOptions, kind: str, path: Path | None = None) -> tuple[str, ...]:
+    """The requested formats an image (``kind="image"``) or a slide writes; none at all is an error
+    naming ``path``."""
     supported, default = (EXPORT_FORMATS, EXPORT_FORMATS) if kind == "image" else (
         SLIDE_FORMATS, DEFAULT_SLIDE_FORMATS)
     if options.formats is None:
         return default
-    return tuple(name for name in options.formats if name in supported)
+    chosen = tuple(name for name in options.formats if name in supported)
+    if not chosen and path is not None:
+        raise NucleisamError(f"--formats {','.join(options.formats)} writes nothing for the {kind} {path}; "
+                             f"{kind}s write {','.join(supported)}.")
+    return chosen
 
 
 def _all_suffixes() -> list[str]:
@@ -251,7 +257,7 @@ def _process_image(path: Path, out: Path, options: CohortOptions, progress: Prog
     grid = TileGrid.for_image(height, width, tile=method.tile, overlap=method.overlap)
     progress.start(path.name, len(grid))
     result = cached_predictor(method).predict(image, on_tile_done=progress.advance)
-    export_all(result.labels, image, out, output_stem(path), formats=_kind_formats(options, "image"),
+    export_all(result.labels, image, out, output_stem(path), formats=_kind_formats(options, "image", path),
                mpp=options.mpp, overwrite=True)
     return result.n_nuclei, f"{width}×{height} px, {result.n_tiles} tiles"
 
@@ -261,6 +267,7 @@ def _process_slide(slide: Any, out: Path, options: CohortOptions, runner: ChunkR
     from nucleisam.data.slides import working_level
 
     method = options.method
+    formats = _kind_formats(options, "slide", slide.path)
     geometry = slide_geometry(slide, *working_level(slide, method_mpp(method)))
     thumbnail = slide.thumbnail(TISSUE_THUMBNAIL_SIZE)  # tissue is detected and the overlay drawn on it
     mask = _tissue_mask(options.tissue, slide, thumbnail)
@@ -269,7 +276,7 @@ def _process_slide(slide: Any, out: Path, options: CohortOptions, runner: ChunkR
     job = SlideJob(str(slide.path), options.mpp, geometry, grid, options.chunk_tiles, method)
     n_tiles = sum(len(chunk.tiles) for chunk in chunks)
     progress.start(slide.path.name, n_tiles)
-    with SlideWriter(out, output_stem(slide.path), _kind_formats(options, "slide"), geometry=geometry,
+    with SlideWriter(out, output_stem(slide.path), formats, geometry=geometry,
                      dimensions=slide.dimensions, thumbnail=thumbnail, tissue=mask) as writer:
         assembler = SlideAssembler(geometry, grid, chunks, options.chunk_tiles, writer.write)
         for result in runner(job, chunks):
