@@ -37,8 +37,9 @@ from nucleisam.predict.tiling import CENTRAL_TOLERANCE, InstanceStitcher, TileGr
 if TYPE_CHECKING:
     from nucleisam.predict.distributed import MethodSpec
 
-#: Tiles per side of a chunk (the unit of work): 8 × 8 tiles of 512 px is a ~3.6k px region.
-CHUNK_TILES = 8
+#: Tiles per side of a chunk (the unit of work): 4 × 4 tiles of 512 px is a ~1.9k px region, small
+#: enough that a 16k² slide gives about a hundred chunks to spread over workers.
+CHUNK_TILES = 4
 
 
 @dataclass(frozen=True)
