@@ -58,37 +58,59 @@ def scene() -> np.ndarray:
     return synthetic_nuclei(1024, 1280, seed=7)[0]
 
 
-def test_chunks_in_any_order_equal_whole_image_tiling() -> None:
-    """Every nucleus kept once and whole across chunk borders, whatever the chunk size and the order
-    results arrive in; ids run 1..n in chunk order."""
-    image, _ = synthetic_nuclei(620, 700, seed=4)
-    whole = predict_tiled(image, label_fn=distance_watershed, map_fn=threshold_maps, tile=192, overlap=48)
+def assemble_chunks(image: np.ndarray, grid: TileGrid, chunk_tiles: int,
+                    mask: np.ndarray | None = None) -> tuple[np.ndarray, list[int], int]:
+    """Segment ``image`` chunk by chunk (only tiles touching ``mask``), commit the results in a
+    shuffled order; returns the labels, the ids in commit order and the tiles run."""
     slide = ArraySlide(image, mpp=0.25)
     geometry = slide_geometry(slide, 0, 1.0)
-    grid = TileGrid.for_image(geometry.height, geometry.width, tile=192, overlap=48)
-    tiles = {}
+    has_tissue = tissue_tiles(grid, mask)
+    run = None if mask is None else has_tissue.reshape(len(grid.origins_y), len(grid.origins_x))
+    chunks = plan_chunks(grid, has_tissue, chunk_tiles)
+    job = SlideJob("<array>", None, geometry, grid, chunk_tiles, MethodSpec("classical", tile=grid.tile), run)
+    results = [segment_chunk(job, chunk, read_working_region(slide, geometry, *chunk.region),
+                             distance_watershed, threshold_maps, 4) for chunk in chunks]
+    random.Random(chunk_tiles).shuffle(results)
+    labels = np.zeros(image.shape[:2], dtype=np.uint32)
+    ids: list[int] = []
+
+    def emit(committed) -> None:
+        y0, x0, y1, x1 = committed.region
+        labels[y0:y1, x0:x1] = committed.labels
+        ids.extend(committed.table["id"].tolist())
+
+    assembler = SlideAssembler(geometry, grid, chunks, chunk_tiles, emit)
+    for result in results:
+        assembler.add(result)
+    assert assembler.done
+    return labels.astype(np.int64), ids, sum(result.n_tiles for result in results)
+
+
+def test_chunks_in_any_order_equal_whole_image_tiling() -> None:
+    """Every nucleus kept once and whole across chunk borders, whatever the chunk size and the order
+    results arrive in; ids run 1..n in chunk order; no tile runs twice."""
+    image, _ = synthetic_nuclei(620, 700, seed=4)
+    whole = predict_tiled(image, label_fn=distance_watershed, map_fn=threshold_maps, tile=192, overlap=48)
+    grid = TileGrid.for_image(620, 700, tile=192, overlap=48)
     for chunk_tiles in (1, 2):
-        chunks = plan_chunks(grid, tissue_tiles(grid, None), chunk_tiles)
-        job = SlideJob("<array>", None, geometry, grid, chunk_tiles, MethodSpec("classical", tile=192))
-        results = [segment_chunk(job, chunk, read_working_region(slide, geometry, *chunk.region),
-                                 distance_watershed, threshold_maps, 4) for chunk in chunks]
-        random.Random(chunk_tiles).shuffle(results)
-        labels = np.zeros(image.shape[:2], dtype=np.uint32)
-        ids: list[int] = []
+        labels, ids, tiles = assemble_chunks(image, grid, chunk_tiles)
+        assert same_partition(whole.labels, labels), chunk_tiles
+        assert ids == list(range(1, whole.n_instances + 1)) and tiles == len(grid)
 
-        def emit(committed, labels=labels, ids=ids) -> None:
-            y0, x0, y1, x1 = committed.region
-            labels[y0:y1, x0:x1] = committed.labels
-            ids.extend(committed.table["id"].tolist())
 
-        assembler = SlideAssembler(geometry, grid, chunks, chunk_tiles, emit)
-        for result in results:
-            assembler.add(result)
-        assert assembler.done and len(chunks) >= 4
-        assert same_partition(whole.labels, labels.astype(np.int64)), chunk_tiles
-        assert ids == list(range(1, whole.n_instances + 1))
-        tiles[chunk_tiles] = sum(result.n_tiles for result in results)
-    assert tiles[1] == tiles[2] == len(grid)  # no tile run twice
+def test_skipped_tiles_do_not_make_results_depend_on_the_chunk_size() -> None:
+    """With tiles skipped (no tissue), a nucleus is kept by the most central tile that runs: chunks of
+    any size give what one chunk over the whole grid gives, and nothing outside the run tiles."""
+    image, _ = synthetic_nuclei(620, 700, seed=5)
+    grid = TileGrid.for_image(620, 700, tile=192, overlap=48)
+    mask = np.ones((31, 35), dtype=bool)
+    mask[6:24, 5:27] = False  # a hole in the middle of the tissue (20 px per mask pixel)
+    mask[:, 25:] = False
+    reference, _, tiles = assemble_chunks(image, grid, 10, mask)
+    assert tiles <= len(grid) - 6 and reference.max() > 200
+    for chunk_tiles in (1, 2):
+        labels, _, _ = assemble_chunks(image, grid, chunk_tiles, mask)
+        assert same_partition(reference, labels), chunk_tiles
 
 
 def test_slide_path_equals_in_memory_path_on_the_same_pixels(scene: np.ndarray, tmp_path: Path) -> None:
@@ -136,7 +158,7 @@ def test_slide_path_equals_in_memory_path_on_the_same_pixels(scene: np.ndarray, 
 
     attrs = zarr.open_group(slide / "s_labels.zarr", mode="r").attrs.asdict()
     assert attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] == [0.25, 0.25]
-    assert [d["path"] for d in attrs["multiscales"][0]["datasets"]] == ["0", "1"]
+    assert [d["path"] for d in attrs["multiscales"][0]["datasets"]] == ["0"]  # fits one 1024² chunk
     assert "image-label" in attrs
     assert Image.open(slide / "s_overlay.png").size == (1024, 768)  # the thumbnail (≤ 2048 px)
 
@@ -162,6 +184,10 @@ def test_tissue_detection_and_masks_skip_tiles(tissue: str, scene: np.ndarray, t
     assert "3 of 5 tiles with tissue" in capsys.readouterr().out
     labels = zarr_labels(tmp_path / "out" / "half_labels.zarr")
     assert labels[:, :1024].max() > 0 and labels[:, 1280:].max() == 0
+    # 2048 px wide: a second pyramid level, every second pixel of the first (ids stay ids).
+    group = zarr.open_group(tmp_path / "out" / "half_labels.zarr", mode="r")
+    np.testing.assert_array_equal(group["1"][:], labels[::2, ::2])
+    assert group.attrs["multiscales"][0]["datasets"][1]["coordinateTransformations"][0]["scale"] == [0.5, 0.5]
     assert max(float(r["bbox_x1"]) for r in read_csv(tmp_path / "out" / "half_nuclei.csv")) <= 1280
     saved = np.asarray(Image.open(tmp_path / "out" / "half_tissue.png"))
     assert saved.shape == (512, 2048) and saved[:, :1024].any() and not saved[:, 1100:].any()

@@ -272,8 +272,10 @@ def _process_slide(slide: Any, out: Path, options: CohortOptions, runner: ChunkR
     thumbnail = slide.thumbnail(TISSUE_THUMBNAIL_SIZE)  # tissue is detected and the overlay drawn on it
     mask = _tissue_mask(options.tissue, slide, thumbnail)
     grid = TileGrid.for_image(geometry.height, geometry.width, tile=method.tile, overlap=method.overlap)
-    chunks = plan_chunks(grid, tissue_tiles(grid, mask), options.chunk_tiles)
-    job = SlideJob(str(slide.path), options.mpp, geometry, grid, options.chunk_tiles, method)
+    has_tissue = tissue_tiles(grid, mask)
+    chunks = plan_chunks(grid, has_tissue, options.chunk_tiles)
+    run = None if mask is None else has_tissue.reshape(len(grid.origins_y), len(grid.origins_x))
+    job = SlideJob(str(slide.path), options.mpp, geometry, grid, options.chunk_tiles, method, run)
     n_tiles = sum(len(chunk.tiles) for chunk in chunks)
     progress.start(slide.path.name, n_tiles)
     with SlideWriter(out, output_stem(slide.path), formats, geometry=geometry,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,7 +32,7 @@ from scipy import ndimage as ndi
 
 from nucleisam.errors import NucleisamError
 from nucleisam.morphometry import iter_nucleus_polygons, measure_nuclei
-from nucleisam.predict.tiling import CENTRAL_TOLERANCE, InstanceStitcher, TileGrid, stitch_tiles
+from nucleisam.predict.tiling import InstanceStitcher, TileGrid, stitch_tiles
 
 if TYPE_CHECKING:
     from nucleisam.predict.distributed import MethodSpec
@@ -160,7 +160,8 @@ def plan_chunks(grid: TileGrid, has_tissue: np.ndarray, chunk_tiles: int = CHUNK
 
 @dataclass(frozen=True)
 class SlideJob:
-    """Everything a worker needs to segment any chunk of one slide (small, picklable)."""
+    """Everything a worker needs to segment any chunk of one slide (small, picklable); ``run`` marks
+    the tiles segmented (rows, cols) bool, ``None`` for all."""
 
     path: str
     mpp_override: float | None
@@ -168,6 +169,7 @@ class SlideJob:
     grid: TileGrid
     chunk_tiles: int
     method: MethodSpec
+    run: np.ndarray | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -192,18 +194,21 @@ class ChunkResult:
     seconds: float
 
 
-def _home_blocks(grid: TileGrid, labels: np.ndarray, origin: tuple[int, int], chunk_tiles: int) -> np.ndarray:
-    """Per instance of ``labels`` (ids 1..n): (block_row, block_col) of the tile the whole-image
-    stitcher keeps it from if complete: the first, in tile order, of the most central tiles."""
+def _home_blocks(job: SlideJob, chunk: Chunk, labels: np.ndarray) -> np.ndarray:
+    """Per instance of ``labels`` (ids 1..n, region-relative): (block_row, block_col) of the tile the
+    whole-image stitcher keeps it from if complete: the first, in tile order, of the most central
+    tiles that are run."""
+    grid, size = job.grid, job.chunk_tiles
     boxes = ndi.find_objects(labels)
+    y0, x0 = chunk.region[:2]
     extent = np.array([(b[0].start, b[0].stop, b[1].start, b[1].stop) for b in boxes], dtype=np.int64)
-    extent = extent.reshape(-1, 4) + np.array([origin[0], origin[0], origin[1], origin[1]])
-    homes = []
-    for axis, start, stop in ((0, extent[:, 0], extent[:, 1]), (1, extent[:, 2], extent[:, 3])):
-        margins = grid.margins(start, stop, axis=axis)
-        near = (margins > 0) & (margins >= margins.max(axis=0) - CENTRAL_TOLERANCE)
-        homes.append(near.argmax(axis=0) // chunk_tiles)
-    return np.stack(homes, axis=1)
+    extent = extent.reshape(-1, 4) + np.array([y0, y0, x0, x0])
+    first_row, first_col = chunk.block_row * size, chunk.block_col * size
+    rows, cols = grid.neighbourhood(first_row, first_row + size, first_col, first_col + size)
+    central = grid.central(extent[:, 0], extent[:, 1], extent[:, 2], extent[:, 3], rows, cols, job.run)
+    first = central.reshape(len(extent), -1).argmax(axis=1)  # row-major: the lowest tile index
+    width = cols.stop - cols.start
+    return np.stack([(rows.start + first // width) // size, (cols.start + first % width) // size], axis=1)
 
 
 def _owned_labels(job: SlideJob, chunk: Chunk, stitcher: InstanceStitcher, labels: np.ndarray) -> np.ndarray:
@@ -211,8 +216,7 @@ def _owned_labels(job: SlideJob, chunk: Chunk, stitcher: InstanceStitcher, label
     count = int(labels.max(initial=0))
     if count == 0:
         return labels
-    y0, x0 = chunk.region[:2]
-    homes = _home_blocks(job.grid, labels, (y0, x0), job.chunk_tiles)
+    homes = _home_blocks(job, chunk, labels)
     mine = (homes[:, 0] == chunk.block_row) & (homes[:, 1] == chunk.block_col)
     owned = mine | stitcher.provisional  # cut instances: pasted by the tile holding their centroid
     lookup = np.zeros(count + 1, dtype=np.int32)
@@ -233,7 +237,7 @@ def segment_chunk(job: SlideJob, chunk: Chunk, image: np.ndarray, label_fn: Any,
                   batch_size: int) -> ChunkResult:
     """Segment one chunk whose region pixels are ``image`` and keep the nuclei it owns."""
     start = time.perf_counter()
-    stitcher = InstanceStitcher(job.grid, window=chunk.region)
+    stitcher = InstanceStitcher(job.grid, window=chunk.region, run=job.run)
     tiles = [job.grid.tile_at(index) for index in chunk.tiles]
     stitch_tiles(image, tiles, stitcher, label_fn=label_fn, map_fn=map_fn, batch_size=batch_size)
     labels, _ = stitcher.finish()

@@ -141,6 +141,27 @@ class TileGrid:
         return np.where(holds, margin, -1)
 
 
+    def neighbourhood(self, row0: int, row1: int, col0: int, col1: int) -> tuple[slice, slice]:
+        """Tile rows and columns that can hold an object lying in tiles ``[row0, row1) × [col0,
+        col1)``: those two steps around (only overlapping tiles can, and they are neighbours)."""
+        return (slice(max(row0 - 2, 0), min(row1 + 2, len(self.origins_y))),
+                slice(max(col0 - 2, 0), min(col1 + 2, len(self.origins_x))))
+
+    def central(self, y0: np.ndarray, y1: np.ndarray, x0: np.ndarray, x1: np.ndarray, rows: slice,
+                cols: slice, run: np.ndarray | None = None) -> np.ndarray:
+        """(n, rows, cols) bool: for each box ``[y0, y1) × [x0, x1)``, the tiles of the sub-grid
+        ``rows × cols`` that hold it away from their inner edges and are the most central such tiles
+        (within ``CENTRAL_TOLERANCE`` per axis), among the tiles of ``run`` (None: all)."""
+        margin_y = self.margins(y0, y1, axis=0)[rows].T[:, :, None]
+        margin_x = self.margins(x0, x1, axis=1)[cols].T[:, None, :]
+        holds = (margin_y > 0) & (margin_x > 0)
+        if run is not None:
+            holds &= run[rows, cols][None]
+        best_y = np.where(holds, margin_y, -1).max(axis=(1, 2), initial=-1)[:, None, None]
+        best_x = np.where(holds, margin_x, -1).max(axis=(1, 2), initial=-1)[:, None, None]
+        return holds & (margin_y >= best_y - CENTRAL_TOLERANCE) & (margin_x >= best_x - CENTRAL_TOLERANCE)
+
+
 def check_tiling(tile: int, overlap: int) -> None:
     """Validate tile size and overlap (CLI options ``--tile`` / ``--overlap``)."""
     if tile < 16:
@@ -169,11 +190,16 @@ class InstanceStitcher:
     the surviving instances 1..n in pasting order and sets ``sources`` (the tile index each came
     from) and ``provisional`` (cut instances), indexed by new id - 1. With ``window`` only that
     part of the image is held (a slide chunk: the tiles added must lie inside it); the decisions
-    still use the whole grid, so they are the ones the whole-image stitcher would take.
+    still use the whole grid, so they are the ones the whole-image stitcher would take. ``run``
+    marks the tiles that are segmented at all (slides skip tiles without tissue): a nucleus is then
+    kept by the most central tile among those.
     """
 
-    def __init__(self, grid: TileGrid, window: tuple[int, int, int, int] | None = None) -> None:
+    def __init__(self, grid: TileGrid, window: tuple[int, int, int, int] | None = None,
+                 run: np.ndarray | None = None) -> None:
         self.grid = grid
+        # Which tiles exist in this run, (rows, cols) bool (None: all): skipped ones never keep anything.
+        self.run = run
         # The part of the image held in memory, (y0, x0, y1, x1): all of it, or one slide chunk's region.
         self.window = window or (0, 0, grid.height, grid.width)
         y0, x0, y1, x1 = self.window
@@ -207,11 +233,9 @@ class InstanceStitcher:
         height, width = self.grid.height, self.grid.width
         cut = ((tile.y0 > 0) & (y0 == tile.y0)) | ((tile.y1 < height) & (y1 == tile.y1))
         cut |= ((tile.x0 > 0) & (x0 == tile.x0)) | ((tile.x1 < width) & (x1 == tile.x1))
-        central = np.ones(len(boxes), dtype=bool)
-        for axis, start, stop, index in ((0, y0, y1, tile.row), (1, x0, x1, tile.col)):
-            margins = self.grid.margins(start, stop, axis=axis)
-            mine = margins[index]
-            central &= (mine > 0) & (mine >= margins.max(axis=0) - CENTRAL_TOLERANCE)
+        rows, cols = self.grid.neighbourhood(tile.row, tile.row + 1, tile.col, tile.col + 1)
+        central = self.grid.central(y0, y1, x0, x1, rows, cols, self.run)
+        central = central[:, tile.row - rows.start, tile.col - cols.start]
 
         flat = local.ravel()
         area = np.bincount(flat, minlength=size)[1:].astype(np.float64)
