@@ -26,8 +26,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "model.json"
-MODES = ("lora", "full", "decoder", "seed")
-HEADS = ("instance", "sam")
 
 
 def _peak_rss_mib() -> float:
@@ -38,7 +36,7 @@ def _peak_rss_mib() -> float:
 def _worker(args: argparse.Namespace) -> dict:
     import torch
 
-    from nucleisam.model import ModelConfig
+    from nucleisam.config import ModelConfig
     from nucleisam.model.network import assemble_model
 
     if args.threads:
@@ -119,6 +117,8 @@ def _table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nucleisam.config import HEADS, MODES
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

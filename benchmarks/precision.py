@@ -30,11 +30,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from nucleisam.config import ModelConfig, PostprocessConfig  # noqa: E402
 from nucleisam.data import read_rgb  # noqa: E402
 from nucleisam.metrics import aji  # noqa: E402
-from nucleisam.model import ModelConfig, build_model, load_adapter  # noqa: E402
+from nucleisam.model import adapter_postprocess, build_model, load_adapter  # noqa: E402
 from nucleisam.model.inference import predict_maps, resolve_device  # noqa: E402
-from nucleisam.postprocess import PostprocessConfig, labels_from_maps  # noqa: E402
+from nucleisam.postprocess import labels_from_maps  # noqa: E402
 
 SAMPLE = REPO / "examples" / "NuInsSeg" / "human spleen" / "tissue images"
 
@@ -42,7 +43,7 @@ SAMPLE = REPO / "examples" / "NuInsSeg" / "human spleen" / "tissue images"
 def load(args: argparse.Namespace) -> tuple[torch.nn.Module, PostprocessConfig]:
     if args.adapter:
         model, metadata = load_adapter(args.adapter)
-        return model, PostprocessConfig(**(metadata.get("postprocess") or {}))
+        return model, adapter_postprocess(metadata, args.adapter)
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random base weights, intended here

@@ -66,9 +66,10 @@ def big_image(size: int) -> tuple[np.ndarray, np.ndarray]:
 def throughput(count: int, device: str) -> list[dict]:
     import torch
 
+    from nucleisam.config import ModelConfig, PostprocessConfig
     from nucleisam.data import instance_targets
-    from nucleisam.model import ModelConfig, build_model
-    from nucleisam.postprocess import PostprocessConfig, labels_from_maps
+    from nucleisam.model import build_model
+    from nucleisam.postprocess import labels_from_maps
     from nucleisam.predict.predictor import Predictor
 
     tiles = sample_tiles(count)
@@ -129,7 +130,8 @@ def child(task: dict) -> dict:
         if task["method"] == "classical":
             predictor = Predictor.classical(tile=512, overlap=64)
         else:
-            from nucleisam.model import ModelConfig, build_model
+            from nucleisam.config import ModelConfig
+            from nucleisam.model import build_model
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -28,10 +28,10 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from nucleisam.config import ModelConfig, TrainConfig  # noqa: E402
 from nucleisam.data import load_nuinsseg  # noqa: E402
-from nucleisam.model import ModelConfig, build_model  # noqa: E402
+from nucleisam.model import build_model  # noqa: E402
 from nucleisam.model.inference import predict_maps  # noqa: E402
-from nucleisam.train.config import TrainConfig  # noqa: E402
 from nucleisam.train.dataset import SampleCache, TrainingDataset  # noqa: E402
 from nucleisam.train.distributed import DistContext  # noqa: E402
 from nucleisam.train.loop import fit  # noqa: E402

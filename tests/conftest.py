@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,40 @@ def sample_root() -> Path:
     """Root of the bundled NuInsSeg sample (organ folders below it)."""
     assert SAMPLE_ROOT.is_dir(), f"bundled sample missing at {SAMPLE_ROOT}"
     return SAMPLE_ROOT
+
+
+@pytest.fixture
+def sample_copy(tmp_path: Path, sample_root: Path) -> Path:
+    """A writable copy of the bundled sample below a folder whose name has a space."""
+    root = tmp_path / "my data"
+    shutil.copytree(sample_root, root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cropped_sample(
+    sample_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[int, int], Path]:
+    """``cropped_sample(count, size)``: the root of a small real data set for end-to-end runs, the
+    first ``count`` bundled tiles cropped to their top-left ``size``² (written once per session)."""
+    made: dict[tuple[int, int], Path] = {}
+
+    def make(count: int, size: int) -> Path:
+        if (count, size) not in made:
+            root = tmp_path_factory.mktemp(f"cropped-{count}x{size}") / "NuInsSeg"
+            made[count, size] = _write_cropped_sample(sample_root, root, count=count, size=size)
+        return made[count, size]
+
+    return make
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``nucleisam ARGV`` in this process: exit status, stdout, stderr."""
+    from nucleisam.cli import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="session")
@@ -102,9 +137,9 @@ def unreachable_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def write_cropped_sample(sample_root: Path, root: Path, *, count: int, size: int) -> Path:
+def _write_cropped_sample(sample_root: Path, root: Path, *, count: int, size: int) -> Path:
     """Copy the first ``count`` bundled tiles, cropped to their top-left ``size``², into ``root`` in
-    the NuInsSeg layout (image, instance labels, vague mask): a small real data set for end-to-end runs."""
+    the NuInsSeg layout (image, instance labels, vague mask)."""
     import numpy as np
     import tifffile
     from PIL import Image

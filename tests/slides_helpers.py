@@ -41,11 +41,16 @@ def slide_canvas(
     grid: tuple[int, int],
     cells: list[tuple[int, int]],
     cell: int = 512,
+    fill: int = GLASS,
 ) -> Canvas:
-    """A white (glass) slide of ``grid`` = (columns, rows) cells of ``cell`` px; tile ``i`` is pasted
-    (cropped to ``cell``) into ``cells[i]`` = (column, row); every other cell stays blank."""
+    """A slide of ``grid`` = (columns, rows) cells of ``cell`` px filled with ``fill``; tile ``i`` is
+    pasted (cropped to ``cell``) into ``cells[i]`` = (column, row); every other cell stays blank.
+
+    Works for label maps too (2-D tiles, ``fill=0``): the same call with the tiles' instance labels
+    gives the ground truth of the slide built from their images.
+    """
     columns, rows = grid
-    image = np.full((rows * cell, columns * cell, 3), GLASS, dtype=np.uint8)
+    image = np.full((rows * cell, columns * cell, *tiles[0].shape[2:]), fill, dtype=tiles[0].dtype)
     boxes = []
     for tile, (column, row) in zip(tiles, cells, strict=True):
         x, y = column * cell, row * cell

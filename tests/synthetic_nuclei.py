@@ -69,36 +69,6 @@ def distance_watershed(maps: Mapping[str, np.ndarray], image: np.ndarray | None 
     return watershed(-distance, markers, mask=foreground).astype(np.int32)
 
 
-def aji(truth: np.ndarray, prediction: np.ndarray) -> float:
-    """Aggregated Jaccard Index (Kumar et al. 2017): each true instance paired with its best-IoU
-    prediction; unpaired predictions add their area to the union."""
-    true_area = np.bincount(truth.ravel())
-    pred_area = np.bincount(prediction.ravel())
-    width = len(pred_area)
-    keys, inter = np.unique(truth.ravel().astype(np.int64) * width + prediction.ravel(), return_counts=True)
-    t, p = keys // width, keys % width
-    pairs = (t > 0) & (p > 0)
-    t, p, inter = t[pairs], p[pairs], inter[pairs]
-    union = true_area[t] + pred_area[p] - inter
-    iou = inter / union
-    order = np.lexsort((-iou, t))  # per true id, best IoU first
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = t[order][1:] != t[order][:-1]
-    best = order[first]
-    intersections = inter[best].sum()
-    unions = union[best].sum()
-    paired_truth = np.zeros(len(true_area), dtype=bool)
-    paired_truth[t[best]] = True
-    used = np.zeros(len(pred_area), dtype=bool)
-    used[p[best]] = True
-    true_ids = np.flatnonzero(true_area)
-    true_ids = true_ids[true_ids > 0]
-    pred_ids = np.flatnonzero(pred_area)
-    pred_ids = pred_ids[pred_ids > 0]
-    unions += true_area[true_ids[~paired_truth[true_ids]]].sum() + pred_area[pred_ids[~used[pred_ids]]].sum()
-    return float(intersections / unions) if unions else 1.0
-
-
 def darkness_model():  # -> torch.nn.Module, built lazily so this module imports without torch
     """A model stand-in that obeys the NucleiSam contract without weights.
 

@@ -11,23 +11,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from conftest import requires_shared_data
-from nucleisam.cli import main
+from conftest import requires_shared_data, run_cli
 from nucleisam.data import FoldManifest, count_instances, load_nuinsseg, make_folds, read_label_map
 from nucleisam.errors import NucleisamError
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-@pytest.fixture
-def sample_copy(tmp_path: Path, sample_root: Path) -> Path:
-    root = tmp_path / "my data"
-    shutil.copytree(sample_root, root)
-    return root
 
 
 def _organ(root: Path) -> Path:
@@ -36,11 +22,11 @@ def _organ(root: Path) -> Path:
 
 def test_info_on_bundled_sample(sample_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     nuclei = sum(count_instances(s.load_labels()) for s in load_nuinsseg(sample_root))
-    code, out, err = run(["data", "info", str(sample_root)], capsys)
+    code, out, err = run_cli(["data", "info", "--data", str(sample_root)], capsys)
     assert code == 0 and err == ""
     assert "images:   6\n" in out and f"nuclei:   {nuclei:,}\n" in out
     assert "human spleen" in out and "problems: none" in out
-    code, out, _ = run(["data", "info", str(sample_root), "--json"], capsys)
+    code, out, _ = run_cli(["data", "info", "--data", str(sample_root), "--json"], capsys)
     data = json.loads(out)
     assert code == 0 and (data["images"], data["nuclei"]) == (6, nuclei)
     assert data["organs"] == {"human spleen": {"images": 6, "nuclei": nuclei}}
@@ -51,11 +37,12 @@ def test_info_on_bundled_sample(sample_root: Path, capsys: pytest.CaptureFixture
 def test_info_on_shared_spleen_reports_34_images_and_3286_nuclei(
     shared_nuinsseg: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = run(["data", "info", str(shared_nuinsseg)], capsys)
+    code, out, _ = run_cli(["data", "info", "--data", str(shared_nuinsseg)], capsys)
     assert code == 0
     assert "images:   34\n" in out and "nuclei:   3,286\n" in out
     assert "tiles with vague areas: 34 (18 with more than 1% of the tile vague)" in out
-    code, out, _ = run(["data", "info", str(shared_nuinsseg / "human spleen"), "--json", "--strict"], capsys)
+    argv = ["data", "info", "--data", str(shared_nuinsseg / "human spleen"), "--json", "--strict"]
+    code, out, _ = run_cli(argv, capsys)
     assert code == 0 and (json.loads(out)["images"], json.loads(out)["nuclei"]) == (34, 3286)
 
 
@@ -66,17 +53,17 @@ def test_info_on_image_and_mask_folders(sample_root: Path, tmp_path: Path,
     masks.mkdir()
     for tif in (_organ(sample_root) / "label masks modify").glob("*.tif"):
         Image.fromarray((read_label_map(tif) > 0).astype(np.uint8)).save(masks / f"{tif.stem}.png")
-    code, _, err = run(["data", "info", "--images", str(images), "--masks", str(masks)], capsys)
+    code, _, err = run_cli(["data", "info", "--images", str(images), "--masks", str(masks)], capsys)
     assert code == 2 and "binary mask" in err and "--binary-masks" in err
-    code, out, _ = run(["data", "info", "--images", str(images), "--masks", str(masks), "--binary-masks",
-                        "--json"], capsys)
+    code, out, _ = run_cli(["data", "info", "--images", str(images), "--masks", str(masks), "--binary-masks",
+                            "--json"], capsys)
     assert code == 0 and json.loads(out)["images"] == 6 and json.loads(out)["organs"].keys() == {"unknown"}
 
 
 def test_folds_writes_the_manifest(sample_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out_file = sample_copy / "out dir" / "folds 5.json"
-    code, out, err = run(["data", "folds", str(sample_copy), "--k", "3", "--seed", "19", "--out",
-                          str(out_file)], capsys)
+    code, out, err = run_cli(["data", "folds", "--data", str(sample_copy), "--k", "3", "--seed", "19",
+                              "--out", str(out_file)], capsys)
     assert code == 0 and err == ""
     assert "fold 2: train" in out and str(out_file) in out
     samples = load_nuinsseg(sample_copy).samples
@@ -87,8 +74,8 @@ def test_folds_writes_the_manifest(sample_copy: Path, capsys: pytest.CaptureFixt
 def test_folds_on_shared_spleen(
     shared_nuinsseg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = run(["data", "folds", str(shared_nuinsseg), "--k", "5", "--seed", "19",
-                        "--val-fraction", "0.125", "--out", str(tmp_path / "folds.json")], capsys)
+    code, out, _ = run_cli(["data", "folds", "--data", str(shared_nuinsseg), "--k", "5", "--seed", "19",
+                            "--val-fraction", "0.125", "--out", str(tmp_path / "folds.json")], capsys)
     assert code == 0 and "over 34 images" in out
     manifest = FoldManifest.load(tmp_path / "folds.json")
     assert sorted(len(f.test) for f in manifest.folds) == [6, 7, 7, 7, 7]
@@ -106,10 +93,11 @@ def _assert_error(code: int, err: str, *needles: str) -> None:
 
 def test_missing_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "no such folder"
-    code, out, err = run(["data", "info", str(missing)], capsys)
+    code, out, err = run_cli(["data", "info", "--data", str(missing)], capsys)
     _assert_error(code, err, "not found", str(missing))
     assert out == ""
-    code, _, err = run(["data", "folds", str(missing), "--out", str(tmp_path / "f.json")], capsys)
+    argv = ["data", "folds", "--data", str(missing), "--out", str(tmp_path / "f.json")]
+    code, _, err = run_cli(argv, capsys)
     _assert_error(code, err, str(missing))
     assert not (tmp_path / "f.json").exists()
 
@@ -117,20 +105,20 @@ def test_missing_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 def test_empty_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     empty = tmp_path / "empty folder"
     empty.mkdir()
-    code, _, err = run(["data", "info", str(empty)], capsys)
+    code, _, err = run_cli(["data", "info", "--data", str(empty)], capsys)
     _assert_error(code, err, str(empty), "empty")
     organ = empty / "human spleen" / "tissue images"
     organ.mkdir(parents=True)
-    code, _, err = run(["data", "info", str(empty)], capsys)
+    code, _, err = run_cli(["data", "info", "--data", str(empty)], capsys)
     _assert_error(code, err, "no images", "tissue images")
 
 
 def test_non_image_file_with_image_extension(sample_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (_organ(sample_copy) / "tissue images" / "human_spleen_13.png").write_text("this is not a PNG")
-    code, out, err = run(["data", "info", str(sample_copy), "--strict"], capsys)
+    code, out, err = run_cli(["data", "info", "--data", str(sample_copy), "--strict"], capsys)
     _assert_error(code, err, "human_spleen_13.png", "cannot read image")
     assert out == ""
-    code, out, _ = run(["data", "info", str(sample_copy)], capsys)
+    code, out, _ = run_cli(["data", "info", "--data", str(sample_copy)], capsys)
     assert code == 0 and "images:   5" in out and "human_spleen_13.png" in out
 
 
@@ -142,26 +130,27 @@ def test_truncated_image(sample_copy: Path, capsys: pytest.CaptureFixture[str]) 
     sample = load_nuinsseg(sample_copy, strict=True).by_stem()["human_spleen_13"]
     with pytest.raises(NucleisamError, match=r"cannot read image .*human_spleen_13\.png"):
         sample.load_image()
-    code, out, _ = run(["data", "info", str(sample_copy)], capsys)
+    code, out, _ = run_cli(["data", "info", "--data", str(sample_copy)], capsys)
     assert code == 0 and "images:   5\n" in out and "problems: 1" in out and "human_spleen_13.png" in out
-    code, out, err = run(["data", "info", str(sample_copy), "--strict"], capsys)
+    code, out, err = run_cli(["data", "info", "--data", str(sample_copy), "--strict"], capsys)
     _assert_error(code, err, "1 problem(s)", "human_spleen_13.png")
     assert out == ""
 
 
 def test_non_image_mask_file(sample_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (_organ(sample_copy) / "label masks modify" / "human_spleen_25.tif").write_text("no tiff here")
-    code, _, err = run(["data", "info", str(sample_copy), "--strict"], capsys)
+    code, _, err = run_cli(["data", "info", "--data", str(sample_copy), "--strict"], capsys)
     _assert_error(code, err, "human_spleen_25.tif")
 
 
 def test_mask_of_another_size(sample_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     tifffile.imwrite(_organ(sample_copy) / "label masks modify" / "human_spleen_05.tif",
                      np.ones((500, 512), np.uint16))
-    code, _, err = run(["data", "info", str(sample_copy), "--strict"], capsys)
+    code, _, err = run_cli(["data", "info", "--data", str(sample_copy), "--strict"], capsys)
     _assert_error(code, err, "size mismatch", "human_spleen_05.png", "human_spleen_05.tif", "500x512")
     out_file = tmp_path / "folds.json"
-    code, _, err = run(["data", "folds", str(sample_copy), "--strict", "--out", str(out_file)], capsys)
+    argv = ["data", "folds", "--data", str(sample_copy), "--strict", "--out", str(out_file)]
+    code, _, err = run_cli(argv, capsys)
     _assert_error(code, err, "size mismatch")
     assert not out_file.exists()
 
@@ -171,14 +160,14 @@ def test_float_masks(sample_copy: Path, capsys: pytest.CaptureFixture[str]) -> N
     a problem listed by file, not the end of the command."""
     path = _organ(sample_copy) / "label masks modify" / "human_spleen_17.tif"
     labels = read_label_map(path)
-    expected = json.loads(run(["data", "info", str(sample_copy), "--json"], capsys)[1])
+    expected = json.loads(run_cli(["data", "info", "--data", str(sample_copy), "--json"], capsys)[1])
     tifffile.imwrite(path, labels.astype(np.float32))
-    code, out, _ = run(["data", "info", str(sample_copy), "--json"], capsys)
+    code, out, _ = run_cli(["data", "info", "--data", str(sample_copy), "--json"], capsys)
     assert code == 0 and json.loads(out) == expected
     tifffile.imwrite(path, labels.astype(np.float32) + 0.5)
-    code, out, _ = run(["data", "info", str(sample_copy)], capsys)
+    code, out, _ = run_cli(["data", "info", "--data", str(sample_copy)], capsys)
     assert code == 0 and "images:   5\n" in out and "human_spleen_17.tif" in out and "fractional" in out
-    code, _, err = run(["data", "info", str(sample_copy), "--strict"], capsys)
+    code, _, err = run_cli(["data", "info", "--data", str(sample_copy), "--strict"], capsys)
     _assert_error(code, err, "human_spleen_17.tif", "fractional")
 
 
@@ -191,9 +180,10 @@ def test_negative_ids(sample_root: Path, tmp_path: Path, capsys: pytest.CaptureF
         if tif.stem == "human_spleen_28":
             labels[labels == labels.max()] = -3
         np.save(masks / f"{tif.stem}.npy", labels)
-    code, out, _ = run(["data", "info", "--images", str(images), "--masks", str(masks)], capsys)
+    code, out, _ = run_cli(["data", "info", "--images", str(images), "--masks", str(masks)], capsys)
     assert code == 0 and "images:   5\n" in out and "human_spleen_28.npy" in out and "negative ids" in out
-    code, _, err = run(["data", "info", "--images", str(images), "--masks", str(masks), "--strict"], capsys)
+    argv = ["data", "info", "--images", str(images), "--masks", str(masks), "--strict"]
+    code, _, err = run_cli(argv, capsys)
     _assert_error(code, err, "human_spleen_28.npy", "negative ids")
 
 
@@ -209,40 +199,41 @@ def test_empty_xml_annotation_is_a_listed_problem(
             "</Annotations>"
         )
     (folder / "human_spleen_05.xml").write_bytes(b"")
-    code, out, _ = run(["data", "info", str(folder)], capsys)
+    code, out, _ = run_cli(["data", "info", "--data", str(folder)], capsys)
     assert code == 0 and "images:   5\n" in out and "human_spleen_05.xml" in out
-    code, _, err = run(["data", "info", str(folder), "--strict"], capsys)
+    code, _, err = run_cli(["data", "info", "--data", str(folder), "--strict"], capsys)
     _assert_error(code, err, "human_spleen_05.xml")
 
 
 def test_grayscale_image(sample_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _organ(sample_copy) / "tissue images" / "human_spleen_01.png"
     Image.open(path).convert("L").save(path)
-    code, _, err = run(["data", "info", str(sample_copy), "--strict"], capsys)
+    code, _, err = run_cli(["data", "info", "--data", str(sample_copy), "--strict"], capsys)
     _assert_error(code, err, "human_spleen_01.png", "grayscale")
-    code, out, _ = run(["data", "info", str(sample_copy)], capsys)
+    code, out, _ = run_cli(["data", "info", "--data", str(sample_copy)], capsys)
     assert code == 0 and "images:   5" in out and "grayscale" in out
 
 
 def test_unwritable_output(sample_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     blocker = tmp_path / "a file"
     blocker.write_text("not a folder")
-    code, _, err = run(["data", "folds", str(sample_copy), "--k", "3", "--out", str(blocker / "folds.json")],
-                       capsys)
+    argv = ["data", "folds", "--data", str(sample_copy), "--k", "3", "--out", str(blocker / "folds.json")]
+    code, _, err = run_cli(argv, capsys)
     _assert_error(code, err, "--out", str(blocker))
     folder = tmp_path / "results"
     folder.mkdir()
-    code, _, err = run(["data", "folds", str(sample_copy), "--k", "3", "--out", str(folder)], capsys)
+    argv = ["data", "folds", "--data", str(sample_copy), "--k", "3", "--out", str(folder)]
+    code, _, err = run_cli(argv, capsys)
     _assert_error(code, err, "--out", "is a folder")
     # A failure after the data is read (too few organs to group) leaves no file, not even a temporary one.
-    code, _, err = run(["data", "folds", str(sample_copy), "--group", "organ", "--out",
-                        str(folder / "folds.json")], capsys)
+    code, _, err = run_cli(["data", "folds", "--data", str(sample_copy), "--group", "organ", "--out",
+                            str(folder / "folds.json")], capsys)
     _assert_error(code, err, "organ")
     assert list(folder.iterdir()) == []
 
 
 def test_conflicting_data_options(sample_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(["data", "info", str(sample_root), "--images", str(sample_root)], capsys)
+    code, _, err = run_cli(["data", "info", "--data", str(sample_root), "--images", str(sample_root)], capsys)
     _assert_error(code, err, "not both")
-    code, _, err = run(["data", "info"], capsys)
+    code, _, err = run_cli(["data", "info"], capsys)
     _assert_error(code, err, "no data given")

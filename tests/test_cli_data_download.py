@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from fake_zenodo import sample_zip
-from nucleisam.cli import baseline as baseline_cli
 from nucleisam.cli import build_parser, main
-from nucleisam.cli import train as train_cli
+from nucleisam.cli.options import config_values
 
 
 @pytest.fixture()
@@ -47,21 +46,22 @@ def test_path_prints_the_download_folder(monkeypatch, tmp_path, capsys) -> None:
 def test_data_nuinsseg_names_the_installed_folder(installed: Path, capsys, monkeypatch, tmp_path) -> None:
     capsys.readouterr()
     monkeypatch.chdir(tmp_path)
-    assert main(["data", "info", "nuinsseg"]) == 0
+    assert main(["data", "info", "--data", "nuinsseg"]) == 0
     assert f"data:     {installed} (nuinsseg layout)" in capsys.readouterr().out
     parser = build_parser()
-    for argv, values in (
-        (["cv", "--data", "nuinsseg", "--out", "run"], train_cli._values),
-        (["train", "--data", "nuinsseg", "--out", "run", "--fold", "0"], train_cli._values),
-        (["baseline", "--data", "nuinsseg", "--out", "run"], baseline_cli._values),
+    for argv in (
+        ["cv", "--data", "nuinsseg", "--out", "run"],
+        ["train", "--data", "nuinsseg", "--out", "run", "--fold", "0"],
+        ["baseline", "--data", "nuinsseg", "--out", "run"],
     ):
-        assert values(parser.parse_args(argv))["data.root"] == str(installed.resolve()), argv
+        assert config_values(parser.parse_args(argv))["data.root"] == str(installed.resolve()), argv
     predictions = tmp_path / "pred"
     shutil.copytree(installed / "human spleen" / "label masks modify", predictions)
     assert main(["evaluate", "--pred", str(predictions), "--data", "nuinsseg"]) == 0
     assert "images: 3" in capsys.readouterr().out
     folds = tmp_path / "folds.json"
-    assert main(["data", "folds", "nuinsseg", "--k", "3", "--out", str(folds)]) == 0 and folds.is_file()
+    assert main(["data", "folds", "--data", "nuinsseg", "--k", "3", "--out", str(folds)]) == 0
+    assert folds.is_file()
 
 
 def test_offline_is_one_error_line_and_exit_2(monkeypatch, unreachable_url, tmp_path, capsys) -> None:

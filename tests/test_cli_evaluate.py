@@ -12,18 +12,12 @@ import pytest
 import tifffile
 from PIL import Image
 
-from conftest import SHARED_SPLEEN, requires_shared_data
+from conftest import SHARED_SPLEEN, requires_shared_data, run_cli
 from nucleisam.cli import main
 from nucleisam.evaluate import evaluate_folders
 from nucleisam.metrics import MetricAccumulator
 
 ORGAN = "human spleen"
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def label_paths(root: Path) -> list[Path]:
@@ -50,8 +44,8 @@ def test_evaluate_nuinsseg_root_writes_the_three_reports(
     predictions: Path, sample_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "report dir"
-    code, stdout, _ = run(["evaluate", "--pred", str(predictions), "--data", str(sample_root),
-                           "--out", str(out)], capsys)
+    code, stdout, _ = run_cli(["evaluate", "--pred", str(predictions), "--data", str(sample_root),
+                               "--out", str(out)], capsys)
     assert code == 0
     paths = label_paths(sample_root)
     missing = paths[-1].stem
@@ -97,8 +91,8 @@ def test_evaluate_gt_folder_with_ambiguous_folder_and_json(
         labels = tifffile.imread(path)
         Image.fromarray(labels.astype(np.uint16)).save(gt_dir / f"{path.stem}.png")
         np.save(pred_dir / f"{path.stem}.npy", labels.astype(np.int64) * 7)  # same instances, other ids
-    code, stdout, _ = run(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir),
-                           "--ambiguous", str(sample_root / ORGAN / "vague areas" / "mask binary"),
+    code, stdout, _ = run_cli(["evaluate", "--pred", str(pred_dir), "--masks", str(gt_dir),
+                           "--vague-masks", str(sample_root / ORGAN / "vague areas" / "mask binary"),
                            "--json"], capsys)
     assert code == 0
     summary = json.loads(stdout)
@@ -122,7 +116,7 @@ def test_shared_spleen_counts_match_the_data_summary(
     pred_dir = tmp_path / "pred"
     shutil.copytree(SHARED_SPLEEN / "label masks modify", pred_dir)
     argv = ["evaluate", "--pred", str(pred_dir), "--data", str(SHARED_SPLEEN), "--json"]
-    code, stdout, _ = run(argv, capsys)
+    code, stdout, _ = run_cli(argv, capsys)
     assert code == 0
     summary = json.loads(stdout)
     assert summary["n_images"] == 34 and summary["n_with_vague_area"] == 34  # as `data info` counts
@@ -138,8 +132,8 @@ def test_shape_mismatch_names_both_files_and_writes_nothing(
     path = label_paths(sample_root)[0]
     tifffile.imwrite(pred_dir / path.name, tifffile.imread(path)[:256])
     out = tmp_path / "out"
-    code, _, stderr = run(["evaluate", "--pred", str(pred_dir), "--data", str(sample_root),
-                           "--out", str(out)], capsys)
+    code, _, stderr = run_cli(["evaluate", "--pred", str(pred_dir), "--data", str(sample_root),
+                               "--out", str(out)], capsys)
     assert code == 2
     assert str(pred_dir / path.name) in stderr and str(path) in stderr
     assert not out.exists()
@@ -161,7 +155,7 @@ def test_bad_prediction_folders_are_clear_errors(
     pred_dir = tmp_path / "pred"
     pred_dir.mkdir()
     make(pred_dir)
-    code, _, stderr = run(["evaluate", "--pred", str(pred_dir), "--data", str(sample_root)], capsys)
+    code, _, stderr = run_cli(["evaluate", "--pred", str(pred_dir), "--data", str(sample_root)], capsys)
     assert code == 2 and message in stderr
 
 
@@ -172,8 +166,9 @@ def test_ground_truth_source_is_required_and_exclusive(
         main(["evaluate", "--pred", str(tmp_path)])
     assert exit_info.value.code == 2
     with pytest.raises(SystemExit):
-        main(["evaluate", "--pred", str(tmp_path), "--gt", str(tmp_path), "--data", str(tmp_path)])
-    code, _, stderr = run(["evaluate", "--pred", str(tmp_path / "nope"), "--gt", str(tmp_path)], capsys)
+        main(["evaluate", "--pred", str(tmp_path), "--masks", str(tmp_path), "--data", str(tmp_path)])
+    argv = ["evaluate", "--pred", str(tmp_path / "nope"), "--masks", str(tmp_path)]
+    code, _, stderr = run_cli(argv, capsys)
     assert code == 2 and "--pred" in stderr
 
 
@@ -183,10 +178,10 @@ def test_binary_predictions_need_binary_masks(sample_root: Path, tmp_path: Path,
     pred_dir.mkdir()
     path = label_paths(sample_root)[0]
     Image.fromarray(((tifffile.imread(path) > 0) * 255).astype(np.uint8)).save(pred_dir / f"{path.stem}.png")
-    code, _, stderr = run(["evaluate", "--pred", str(pred_dir), "--data", str(sample_root)], capsys)
+    code, _, stderr = run_cli(["evaluate", "--pred", str(pred_dir), "--data", str(sample_root)], capsys)
     assert code == 2 and "--binary-masks" in stderr
-    code, stdout, _ = run(["evaluate", "--pred", str(pred_dir), "--data", str(sample_root), "--binary-masks",
-                           "--json"], capsys)
+    argv = ["evaluate", "--pred", str(pred_dir), "--data", str(sample_root), "--binary-masks", "--json"]
+    code, stdout, _ = run_cli(argv, capsys)
     assert code == 0 and json.loads(stdout)["all_pixels"]["n_pred"] > 0
 
 
@@ -245,8 +240,8 @@ def test_xml_ground_truth_is_read_as_the_data_commands_read_it(
         (annotations / f"{path.stem}.xml").write_text(xml)
     for sample in open_dataset(beside):
         tifffile.imwrite(pred_dir / f"{sample.stem}_labels.tif", sample.load_labels())
-    for source in (["--data", str(beside)], ["--images", str(beside), "--gt", str(annotations)]):
-        code, stdout, err = run(["evaluate", "--pred", str(pred_dir), *source, "--json"], capsys)
+    for source in (["--data", str(beside)], ["--images", str(beside), "--masks", str(annotations)]):
+        code, stdout, err = run_cli(["evaluate", "--pred", str(pred_dir), *source, "--json"], capsys)
         assert code == 0, err
         summary = json.loads(stdout)
         assert summary["n_images"] == 2 and summary["all_pixels"]["mean"]["aji"] == 1.0
@@ -257,10 +252,10 @@ def test_evaluate_refuses_to_overwrite_results_unless_asked(
 ) -> None:
     out = tmp_path / "eval"
     argv = ["evaluate", "--pred", str(predictions), "--data", str(sample_root), "--out", str(out)]
-    assert run(argv, capsys)[0] == 0
+    assert run_cli(argv, capsys)[0] == 0
     (out / "summary.md").write_text("my notes")
-    code, _, err = run(argv, capsys)
+    code, _, err = run_cli(argv, capsys)
     assert code == 2 and "per_image.csv already exists" in err and "--overwrite" in err
     assert (out / "summary.md").read_text() == "my notes"
-    assert run([*argv, "--overwrite"], capsys)[0] == 0
+    assert run_cli([*argv, "--overwrite"], capsys)[0] == 0
     assert "mean ± std" in (out / "summary.md").read_text()

@@ -9,9 +9,9 @@ import urllib.request
 import pytest
 import torch
 
-from nucleisam import model as model_api
 from nucleisam.cli import main
-from nucleisam.cli import model as model_cli
+from nucleisam.cli.options import OPTIONS
+from nucleisam.config import HEADS, MODES
 from nucleisam.model import checkpoint as ckpt
 from nucleisam.model.mobilesam import build_mobilesam
 
@@ -65,11 +65,16 @@ def test_bad_options_exit_2_with_a_message(capsys) -> None:
     assert "seed" in capsys.readouterr().err
     assert main(["model", "info", "--input-size", "1000"]) == 2
     assert "--input-size" in capsys.readouterr().err
+    # The library names the key; the CLI adds the option that sets it.
+    assert main(["model", "info", "--lora-rank", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "'model.lora.rank' must be an integer ≥ 1" in err and "--lora-rank" in err
+
 
 
 def test_cli_choices_match_the_api() -> None:
     # The CLI keeps its own copies so that `nucleisam --help` does not import torch.
-    assert model_cli.MODES == model_api.MODES and model_cli.HEADS == model_api.HEADS
+    assert OPTIONS["mode"].choices == MODES and OPTIONS["head"].choices == HEADS
 
 
 def test_weights_path_and_check(monkeypatch, tmp_path, capsys) -> None:

@@ -20,8 +20,9 @@ from PIL import Image
 
 from nucleisam.classical import classical_instances
 from nucleisam.cli import main
+from nucleisam.config import ModelConfig
 from nucleisam.data import read_label_map, read_rgb
-from nucleisam.model import ModelConfig, build_model, save_adapter
+from nucleisam.model import build_model, save_adapter
 from synthetic_nuclei import synthetic_nuclei
 
 
@@ -84,8 +85,8 @@ def test_existing_outputs_stop_the_run_before_any_work(images: Path, tmp_path: P
         ([], "--adapter FILE .* or --method classical"),
         (["--method", "model"], "--method model needs --adapter"),
         (["--method", "classical", "--adapter", "x.safetensors"], "uses no model"),
-        (["--method", "classical", "--formats", "tiff,svg"], "--formats.*svg"),
-        (["--method", "classical", "--tile", "256", "--overlap", "300"], "--overlap 300"),
+        (["--method", "classical", "--formats", "tiff,svg"], "svg.*--formats"),
+        (["--method", "classical", "--tile", "256", "--overlap", "300"], "overlap=300.*--overlap"),
         (["--method", "classical", "--mpp", "-1"], "--mpp"),
         (["--method", "classical", "--batch-size", "0"], "--batch-size"),
     ],

@@ -80,7 +80,7 @@ def _tile(data: Path) -> str:
 
 
 COMMANDS: dict[str, Callable[[Path, Path, Path], list[str]]] = {
-    "data folds": lambda data, tmp, out: ["data", "folds", str(data), "--k", "3",
+    "data folds": lambda data, tmp, out: ["data", "folds", "--data", str(data), "--k", "3",
                                           "--out", str(out / "f.json")],
     "evaluate": lambda data, tmp, out: ["evaluate", "--pred", str(_predictions(tmp, data)),
                                         "--data", str(data), "--out", str(out / "eval")],

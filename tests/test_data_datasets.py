@@ -25,13 +25,6 @@ from nucleisam.errors import NucleisamError
 SAMPLE_STEMS = [f"human_spleen_{n}" for n in ("01", "05", "13", "17", "25", "28")]
 
 
-@pytest.fixture
-def sample_copy(tmp_path: Path, sample_root: Path) -> Path:
-    """A writable copy of the bundled sample below a folder whose name has a space."""
-    root = tmp_path / "my data"
-    shutil.copytree(sample_root, root)
-    return root
-
 
 def test_bundled_sample_pairs_every_tile(sample_root: Path) -> None:
     dataset = load_nuinsseg(sample_root)

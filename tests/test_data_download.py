@@ -237,7 +237,7 @@ def test_an_existing_foreign_folder_is_replaced_only_with_force(fake_zenodo, arc
     out = tmp_path / "NuInsSeg"
     out.mkdir()
     (out / "mine.txt").write_text("my notes")
-    with pytest.raises(NucleisamError, match=r"was not made by `nucleisam data download`.*--force"):
+    with pytest.raises(NucleisamError, match=r"was not made by `nucleisam data download`.*\(force\)"):
         download_dataset("nuinsseg", out, progress=False)
     assert (out / "mine.txt").is_file() and fake_zenodo.requests == []
     download_dataset("nuinsseg", out, force=True, progress=False)

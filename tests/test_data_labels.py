@@ -83,7 +83,7 @@ def test_fractional_negative_and_multichannel_label_maps_are_refused(tmp_path: P
 def test_binary_mask_is_refused_as_instances_unless_split(tmp_path: Path) -> None:
     binary = (_instances() > 0).astype(np.uint8) * 255
     Image.fromarray(binary).save(tmp_path / "binary.png")
-    with pytest.raises(NucleisamError, match=r"binary\.png.*binary mask.*--binary-masks"):
+    with pytest.raises(NucleisamError, match=r"binary\.png.*binary mask.*binary_masks=True"):
         read_label_map(tmp_path / "binary.png")
     split = read_label_map(tmp_path / "binary.png", binary_masks=True)
     # Ids 7 and 300 touch, so connected components give two regions, not three.

@@ -410,7 +410,7 @@ def test_pooled_values_equal_one_mosaic_and_means_are_per_image(sample_root: Pat
         assert summary.weighted_mean[name] == pytest.approx(np.average(per_image, weights=weights), abs=1e-12)
     assert [row["key"] for row in summary.per_image] == [stem for stem, _, _ in tiles]
     assert summary.n_gt == mosaic["n_gt"] and summary.n_images == 4
-    assert summary.as_dict()["pooled"] == summary.pooled
+    assert summary.to_dict()["pooled"] == summary.pooled
 
 
 def test_accumulator_rejects_duplicate_keys_and_empty_compute() -> None:

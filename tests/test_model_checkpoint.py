@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from nucleisam.config import ModelConfig
 from nucleisam.errors import NucleisamError
-from nucleisam.model import ModelConfig, build_model
+from nucleisam.model import build_model
 from nucleisam.model import checkpoint as ckpt
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -205,7 +206,7 @@ def test_offline_download_says_where_to_put_the_file(monkeypatch, tmp_path) -> N
     message = str(info.value)
     assert ckpt.CHECKPOINT_URL in message
     assert str(tmp_path / "home" / "mobile_sam.pt") in message
-    assert "--checkpoint" in message and "NUCLEISAM_HOME" in message
+    assert "(model.weights)" in message and "NUCLEISAM_HOME" in message
     assert list((tmp_path / "home").iterdir()) == []
 
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from nucleisam.config import ModelConfig
 from nucleisam.errors import NucleisamError
-from nucleisam.model import ModelConfig, NucleiSam
+from nucleisam.model import NucleiSam
 from nucleisam.model.inference import predict_maps, resolve_device, resolve_precision, tile_map_fn
 from nucleisam.model.network import assemble_model
 from nucleisam.predict.predictor import Predictor

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from nucleisam.errors import NucleisamError
-from nucleisam.model import ModelConfig, NucleiSam, build_model
+from nucleisam.config import LoraConfig, ModelConfig
+from nucleisam.model import NucleiSam, build_model
 from nucleisam.model.heads import InstanceHead
 from nucleisam.model.lora import LoRALinear, lora_layers
 from nucleisam.model.mobilesam import (
@@ -112,21 +112,6 @@ def test_decoder_and_full_modes() -> None:
     full = table(random_model(mode="full", head="sam"))
     # Everything that runs, except the frozen prompt encoder; the ImageNet classifier never runs.
     assert full["total"]["trainable"] == 10_130_092 - 321_640 - 6_220 - unused
-
-
-@pytest.mark.parametrize(
-    "kwargs, option",
-    [
-        ({"mode": "seed", "head": "instance"}, "seed"),
-        ({"mode": "fast"}, "--mode"),
-        ({"head": "hovernet"}, "--head"),
-        ({"input_size": 1000}, "--input-size"),
-        ({"input_size": 64}, "--input-size"),
-    ],
-)
-def test_invalid_model_options_are_explained(kwargs, option) -> None:
-    with pytest.raises(NucleisamError, match=option):
-        ModelConfig(weights="none", **kwargs)
 
 
 def test_random_weights_warn_loudly(caplog) -> None:
@@ -295,7 +280,7 @@ def test_training_step_leaves_batchnorm_buffers_unchanged() -> None:
 
 
 def test_train_mode_follows_trainability() -> None:
-    model = random_model(head="instance", mode="lora", lora={"rank": 4, "alpha": 4.0, "dropout": 0.1})
+    model = random_model(head="instance", mode="lora", lora=LoraConfig(rank=4, alpha=4.0, dropout=0.1))
     model.train()
     assert model.training and model.instance_head.training
     assert not model.prompt_encoder.training and not model.mask_decoder.training

@@ -55,6 +55,6 @@ def test_same_stem_in_two_folders_is_refused(image_tree: Path) -> None:
     (image_tree / "b").mkdir()
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(image_tree / "b" / "b.png")
     paths = expand_inputs([image_tree / "a", image_tree / "b"])
-    with pytest.raises(NucleisamError, match=r"share the name 'b'.*--out"):
+    with pytest.raises(NucleisamError, match=r"share the name 'b'.*\(out\)"):
         check_unique_stems(paths)
     check_unique_stems(expand_inputs([image_tree / "a"]))

@@ -6,15 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from nucleisam.classical import classical_instances
-from nucleisam.data import read_rgb
+from nucleisam.classical import CLASSICAL_MPP, classical_instances
+from nucleisam.config import ModelConfig, PostprocessConfig
+from nucleisam.data import NUINSSEG_MPP, read_rgb
 from nucleisam.errors import NucleisamError
-from nucleisam.model import ModelConfig, NucleiSam, save_adapter
+from nucleisam.metrics import aji
+from nucleisam.model import NucleiSam, save_adapter
 from nucleisam.model.inference import tile_map_fn
 from nucleisam.model.network import assemble_model
-from nucleisam.postprocess import PostprocessConfig, labels_from_maps
+from nucleisam.postprocess import labels_from_maps
 from nucleisam.predict.predictor import Predictor
-from synthetic_nuclei import aji, darkness_model, distance_watershed, synthetic_nuclei, threshold_maps
+from synthetic_nuclei import darkness_model, distance_watershed, synthetic_nuclei, threshold_maps
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -83,9 +85,9 @@ def test_small_image_and_batch_sizes_agree(image: np.ndarray) -> None:
 
 
 def test_bad_options_are_clear_errors() -> None:
-    with pytest.raises(NucleisamError, match="--batch-size"):
+    with pytest.raises(NucleisamError, match="batch_size=0"):
         Predictor(label_fn=distance_watershed, batch_size=0)
-    with pytest.raises(NucleisamError, match="--overlap"):
+    with pytest.raises(NucleisamError, match="overlap="):
         Predictor(label_fn=distance_watershed, tile=64, overlap=80)
     with pytest.raises(NucleisamError, match="device 'quantum'"):
         Predictor.from_model(darkness_model(), postprocess=distance_watershed, device="quantum")
@@ -103,6 +105,14 @@ def test_from_adapter_applies_the_recorded_postprocessing(nucleisam: NucleiSam, 
     # The adapter reloads the same network.
     direct = Predictor.from_model(nucleisam, tile=256).predict(small, return_maps=True)
     np.testing.assert_allclose(result.maps["foreground"], direct.maps["foreground"], atol=1e-5)
+
+
+def test_predictors_report_the_resolution_they_expect(nucleisam: NucleiSam, tmp_path) -> None:
+    adapter = save_adapter(nucleisam, tmp_path / "half.safetensors", train_mpp=0.5)
+    assert Predictor.from_adapter(adapter, tile=256, overlap=32).mpp == 0.5
+    assert Predictor.from_model(nucleisam, tile=256).mpp == NUINSSEG_MPP
+    assert Predictor.classical().mpp == CLASSICAL_MPP == NUINSSEG_MPP
+    assert Predictor(label_fn=distance_watershed).mpp is None
 
 
 def test_adapter_with_unknown_postprocessing_parameters_is_refused(nucleisam: NucleiSam, tmp_path) -> None:

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from nucleisam.config import TrainConfig
 from nucleisam.data import load_nuinsseg
 from nucleisam.errors import NucleisamError
-from nucleisam.train.config import TrainConfig
 from nucleisam.train.dataset import SampleCache, TrainingDataset
 from nucleisam.train.loop import NonFiniteLossError, TrainingInterrupted, fit
 from nucleisam.train.schedule import WarmupCosine
@@ -157,7 +157,7 @@ def test_ctrl_c_saves_mid_epoch_state_and_resume_is_exact(tmp_path: Path) -> Non
     sampler = torch.utils.data.DistributedSampler(range(8), num_replicas=1, rank=0, seed=3)
     sampler.set_epoch(1)
     data.trigger = (1, list(sampler)[4])
-    with pytest.raises(TrainingInterrupted, match="--resume") as info:
+    with pytest.raises(TrainingInterrupted, match=r"\(resume\)") as info:
         fit(make_model(), data, config, out_dir=tmp_path / "cut")
     state = read_train_state(info.value.checkpoint.parent)
     assert state["epoch"] == 1 and state["batches_done"] == 3 and state["step"] == 7
@@ -374,7 +374,8 @@ def test_torchrun_environment_detection(monkeypatch: pytest.MonkeyPatch) -> None
 def test_fit_with_the_real_model_trains_lora_and_leaves_frozen_parts_alone(tmp_path: Path) -> None:
     import warnings
 
-    from nucleisam.model import ModelConfig, build_model
+    from nucleisam.config import ModelConfig
+    from nucleisam.model import build_model
 
     torch.manual_seed(0)
     with warnings.catch_warnings():

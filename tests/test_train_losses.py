@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from nucleisam.train.config import LossConfig
+from nucleisam.config import LossConfig
 from nucleisam.train.losses import (
     masked_bce_with_logits,
     masked_regression,

@@ -39,7 +39,7 @@ def test_atomic_output_leaves_nothing_on_failure(tmp_path: Path) -> None:
 def test_unwritable_output_dir_is_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(NucleisamError, match="--out"):
+    with pytest.raises(NucleisamError, match=r"\(out\)"):
         ensure_output_dir(blocker / "sub")
 
 

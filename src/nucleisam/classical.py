@@ -7,21 +7,23 @@ below a floor so a blank tile stays blank), fill holes, split touching nuclei at
 distance transform with the same splitter the model's post-processing uses
 (:func:`nucleisam.postprocess.split_by_distance_peaks`), and drop specks. :func:`tune_classical` picks
 the parameters on validation images with the model's own search (:func:`tune_postprocess`); the
-``cv`` runner and ``nucleisam baseline`` (:mod:`nucleisam.experiments.classical_cv`) both use it.
+model's cross-validation and ``nucleisam baseline`` (:mod:`nucleisam.experiments.classical_method`) both
+use it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
+from nucleisam.config import ClassicalConfig
 from nucleisam.data.imageio import to_rgb_uint8
+from nucleisam.data.slides import NUINSSEG_MPP
 from nucleisam.errors import NucleisamError
 from nucleisam.morphometry import hematoxylin_density
 from nucleisam.postprocess import (
@@ -32,6 +34,10 @@ from nucleisam.postprocess import (
     tune_postprocess,
 )
 
+#: Resolution the baseline works at, in µm per pixel: its sizes (smoothing, minimum area, peak
+#: height) are in pixels and were chosen and tuned on NuInsSeg tiles, so slides are read at that scale.
+CLASSICAL_MPP = NUINSSEG_MPP
+
 #: Values tried per parameter when tuning the baseline on a fold's validation images.
 CLASSICAL_SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
     "sigma": (0.5, 1.0, 2.0),
@@ -41,41 +47,6 @@ CLASSICAL_SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
 }
 
 
-@dataclass(frozen=True)
-class ClassicalConfig:
-    """Parameters of :func:`classical_instances` (tunable with ``tune_postprocess``)."""
-
-    #: Gaussian smoothing of the hematoxylin optical density, in pixels (0 = none).
-    sigma: float = 1.0
-    #: Fixed optical-density threshold; ``None`` = Otsu's threshold of the smoothed channel.
-    threshold: float | None = None
-    #: Multiplies Otsu's threshold (ignored with a fixed ``threshold``).
-    otsu_scale: float = 1.0
-    #: The threshold never goes below this optical density: a blank or faint tile has no nuclei.
-    min_optical_density: float = 0.04
-    #: Fill holes inside nuclei before splitting.
-    fill_holes: bool = True
-    #: A distance-transform peak must rise this many pixels above its saddle to seed a nucleus.
-    peak_height: float = 1.0
-    #: Objects with fewer pixels are removed.
-    min_area: int = 30
-
-    def __post_init__(self) -> None:
-        if self.sigma < 0:
-            raise NucleisamError(f"baseline parameter sigma must be >= 0, got {self.sigma}.")
-        if self.threshold is not None and self.threshold < 0:
-            raise NucleisamError(
-                f"baseline parameter threshold must be >= 0 (optical density), got {self.threshold}."
-            )
-        if self.otsu_scale <= 0 or self.min_optical_density < 0 or self.peak_height < 0:
-            raise NucleisamError(
-                "baseline parameters otsu_scale must be > 0, min_optical_density and peak_height >= 0; "
-                f"got {self.otsu_scale}, {self.min_optical_density}, {self.peak_height}."
-            )
-        if int(self.min_area) != self.min_area or self.min_area < 0:
-            raise NucleisamError(
-                f"baseline parameter min_area must be a whole number >= 0, got {self.min_area}."
-            )
 
 
 def classical_instances(

@@ -111,7 +111,7 @@ class FolderEvaluation:
 
     def to_json(self) -> dict[str, Any]:
         def aggregates(summary: MetricSummary) -> dict[str, Any]:
-            data = summary.as_dict()
+            data = summary.to_dict()
             data.pop("per_image")
             return data
 
@@ -183,7 +183,7 @@ class FolderEvaluation:
 def _check_dir(path: str | os.PathLike[str], option: str) -> Path:
     folder = Path(path)
     if not folder.is_dir():
-        raise NucleisamError(f"{option} {folder} is not a folder (or does not exist).")
+        raise NucleisamError(f"{folder} ({option}) is not a folder (or does not exist).")
     return folder
 
 
@@ -204,7 +204,7 @@ def _label_files(folder: Path, option: str, *, predictions: bool = False) -> dic
             stem = stem.removesuffix(PREDICTED_LABELS_SUFFIX)
         if stem in index:
             raise NucleisamError(
-                f"two files for stem {stem!r} in {option} {folder}: {index[stem].name} and "
+                f"two files for stem {stem!r} in {folder} ({option}): {index[stem].name} and "
                 f"{path.name}. Keep one."
             )
         index[stem] = path
@@ -231,11 +231,11 @@ def collect_pairs(
             "give exactly one ground-truth source: masks (a folder of label maps, with or without "
             "images) or data (a data set root)."
         )
-    predictions = _label_files(_check_dir(pred_dir, "--pred"), "--pred", predictions=True)
+    predictions = _label_files(_check_dir(pred_dir, "pred_dir"), "pred_dir", predictions=True)
     if not predictions:
-        raise NucleisamError(f"no label maps (TIFF, PNG or NPY) found in --pred {pred_dir}.")
-    vague_files = {} if ambiguous_dir is None else _label_files(_check_dir(ambiguous_dir, "--ambiguous"),
-                                                                "--ambiguous")
+        raise NucleisamError(f"no label maps (TIFF, PNG or NPY) found in {pred_dir} (pred_dir).")
+    vague_files = {} if ambiguous_dir is None else _label_files(_check_dir(ambiguous_dir, "ambiguous_dir"),
+                                                                "ambiguous_dir")
     pairs: list[ImagePair] = []
     if data_root is not None or images_dir is not None:
         dataset = open_dataset(data_root, images_dir, gt_dir, binary_masks=binary_masks)
@@ -245,9 +245,9 @@ def collect_pairs(
             pairs.append(ImagePair(sample.stem, sample.labels_path, prediction, vague, sample))
         source = str(data_root if data_root is not None else gt_dir or images_dir)
     else:
-        gt_files = _label_files(_check_dir(gt_dir, "--gt"), "--gt")
+        gt_files = _label_files(_check_dir(gt_dir, "gt_dir"), "gt_dir")
         if not gt_files:
-            raise NucleisamError(f"no label maps (TIFF, PNG or NPY) found in --gt {gt_dir}.")
+            raise NucleisamError(f"no label maps (TIFF, PNG or NPY) found in {gt_dir} (gt_dir).")
         for stem, path in gt_files.items():
             pairs.append(ImagePair(stem, path, predictions.get(stem), vague_files.get(stem)))
         source = str(gt_dir)
@@ -255,7 +255,7 @@ def collect_pairs(
     unmatched = [path.name for stem, path in predictions.items() if stem not in gt_stems]
     if not any(pair.pred_path is not None for pair in pairs):
         raise NucleisamError(
-            f"no prediction in --pred {pred_dir} has the stem of a ground-truth image in {source}; "
+            f"no prediction in {pred_dir} (pred_dir) has the stem of a ground-truth image in {source}; "
             "predictions are paired with ground truth by file name without extension."
         )
     return pairs, unmatched, source
@@ -283,7 +283,7 @@ def evaluate_folders(
     """
     if out_dir is not None:
         if Path(out_dir).exists() and not Path(out_dir).is_dir():
-            raise NucleisamError(f"output path {out_dir} (--out) exists and is not a folder.")
+            raise NucleisamError(f"output path {out_dir} (out_dir) exists and is not a folder.")
         check_outputs_free([Path(out_dir) / name for name in EVALUATION_FILES], overwrite=overwrite)
     pairs, unmatched, source = collect_pairs(pred_dir, gt_dir=gt_dir, data_root=data_root,
                                              images_dir=images_dir, ambiguous_dir=ambiguous_dir,
@@ -333,7 +333,7 @@ def evaluate_folders(
 
 def write_evaluation(evaluation: FolderEvaluation, out_dir: str | os.PathLike[str]) -> list[Path]:
     """Write ``per_image.csv``, ``summary.json`` and ``summary.md`` (each atomically)."""
-    folder = ensure_output_dir(out_dir, option="--out")
+    folder = ensure_output_dir(out_dir, option="out_dir")
     rows = evaluation.per_image_rows()
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")

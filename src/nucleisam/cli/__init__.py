@@ -1,9 +1,11 @@
 """Command-line interface: a thin layer over the Python API.
 
 Each command group lives in its own module with a ``register(subparsers)`` function that adds its
-sub-parser and sets ``handler`` to a function ``(argparse.Namespace) -> int``. User errors
+sub-parser and sets ``handler`` to a function ``(argparse.Namespace) -> int``; options come from
+:mod:`nucleisam.cli.options`, where each is defined once. User errors
 (:class:`~nucleisam.errors.NucleisamError`) and operating-system errors (full disk, read-only
-folder, permissions) are printed as one line without a traceback and exit with status 2.
+folder, permissions) are printed as one line without a traceback, the configuration keys and
+parameters they name shown as the command's flags, and exit with status 2.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from nucleisam import __version__
+from nucleisam.cli.options import name_flags
 from nucleisam.errors import NucleisamError, describe_os_error
 
 # Command-group modules, in the order `nucleisam --help` lists them.
@@ -51,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(handler(args) or 0)
     except NucleisamError as exc:
-        print(f"nucleisam: error: {exc}", file=sys.stderr)
+        message = name_flags(str(exc), vars(args), key=getattr(exc, "key", None))
+        print(f"nucleisam: error: {message}", file=sys.stderr)
         return 2
     except OSError as exc:  # one not met inside an atomic write: a read, a folder, a lock
         where = exc.filename if exc.filename is not None else "a file"

@@ -1,5 +1,6 @@
-"""``nucleisam baseline``: the classical baseline (no model) over the folds of ``cv``
-(:mod:`nucleisam.experiments.classical_cv`)."""
+"""``nucleisam baseline``: the classical baseline (no model,
+:mod:`nucleisam.experiments.classical_method`) through the runner of ``cv``
+(:mod:`nucleisam.experiments.cv`)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nucleisam.data.download import resolve_data_root
+from nucleisam.cli.options import DATA_SOURCE, FOLDS, OPTIONS, add_option, add_options, config_values
 from nucleisam.errors import NucleisamError
-
-#: CLI options that define the folds → configuration keys.
-FOLD_OPTIONS = {
-    "k": "data.k",
-    "seed": "data.seed",
-    "group": "data.group",
-    "val_fraction": "data.val_fraction",
-}
 
 
 def _reproduce(out: Path) -> str:
@@ -29,39 +22,28 @@ def _reproduce(out: Path) -> str:
 
 
 def _values(args: argparse.Namespace) -> dict[str, Any]:
-    """Configuration keys set by the options given (paths made absolute, as config.yaml records them)."""
-    if args.k is not None and args.k < 2:
-        raise NucleisamError(f"--k must be at least 2 (folds), got {args.k}.")
-    if args.val_fraction is not None and not 0.0 < args.val_fraction < 1.0:
+    """Configuration keys set by the options given; a fold manifest (--folds) replaces the fold options."""
+    values = config_values(args)
+    given = [OPTIONS[name].flag for name in FOLDS if getattr(args, name) is not None]
+    if args.folds is not None and given:
         raise NucleisamError(
-            f"--val-fraction must be between 0 and 1 (exclusive), got {args.val_fraction}: each fold needs "
-            "validation images to tune the baseline on and training images left over."
+            f"--folds FILE fixes the folds; leave out {', '.join(given)} (they are read from the manifest)."
         )
-    fold_values = {key: getattr(args, option) for option, key in FOLD_OPTIONS.items()}
-    fold_values = {key: value for key, value in fold_values.items() if value is not None}
-    if args.folds is not None and fold_values:
-        raise NucleisamError(
-            "--folds FILE fixes the folds; leave out --k, --seed, --group and --val-fraction (they are read "
-            "from the manifest)."
-        )
-    values: dict[str, Any] = dict(fold_values)
-    for option, key in (("data", "data.root"), ("images", "data.images"), ("masks", "data.masks")):
-        value = getattr(args, option)
-        if option == "data" and value is not None:
-            value = resolve_data_root(value)
-        if value is not None:
-            values[key] = str(Path(value).resolve())
     return values
 
 
 def _handle_baseline(args: argparse.Namespace) -> int:
-    from nucleisam.experiments.classical_cv import load_baseline_config, run_baseline
+    from nucleisam.config import load_baseline_config
+    from nucleisam.experiments.classical_method import ClassicalMethod
+    from nucleisam.experiments.cv import run_cv
     from nucleisam.experiments.runs import summary_table
 
-    config = load_baseline_config(args.config, (), _values(args))
+    config = load_baseline_config(args.config, args.overrides, _values(args))
     out = Path(args.out)
     started = time.perf_counter()
-    summary = run_baseline(config, out, folds=args.folds, resume=args.resume, command=_reproduce(out))
+    summary = run_cv(
+        ClassicalMethod(config), out, folds=args.folds, resume=args.resume, command=_reproduce(out)
+    )
     print()
     print("Test scores, vague areas excluded (per-image mean per fold; mean ± std over folds):")
     print(summary_table(summary))
@@ -79,28 +61,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "with and without vague areas. Writes the folder layout of `cv`: config.yaml, folds.json, "
         "fold_<i>/per_image.csv and metrics.json, summary.json, report.md, overlays/.",
     )
-    parser.add_argument(
-        "--data", metavar="ROOT", help="NuInsSeg-layout folder (data.root); 'nuinsseg': the downloaded copy"
-    )
-    parser.add_argument("--images", metavar="DIR", help="folder of images (with --masks), instead of --data")
-    parser.add_argument("--masks", metavar="DIR", help="folder of instance label maps paired by stem")
-    parser.add_argument("--out", metavar="DIR", required=True, help="run folder")
-    parser.add_argument("--k", type=int, help="number of folds (default 5)")
-    parser.add_argument("--seed", type=int, help="fold seed (default 19: the NuInsSeg authors' split)")
-    parser.add_argument("--group", choices=("organ",), help="keep each organ in one test fold")
-    parser.add_argument(
-        "--val-fraction",
-        type=float,
-        metavar="F",
-        help="share of each training fold held out to tune on (default 0.125)",
-    )
-    parser.add_argument(
-        "--folds", metavar="FILE", help="use this fold manifest (e.g. a cv run's folds.json) instead"
-    )
-    parser.add_argument(
-        "--config", metavar="FILE", help="a baseline run's config.yaml (data, starting parameters, metric)"
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue the run in --out (finished folds are kept)"
-    )
+    add_options(parser.add_argument_group("data"), DATA_SOURCE, from_config=True)
+    add_options(parser.add_argument_group("folds"), (*FOLDS, "folds"), from_config=True)
+    run = parser.add_argument_group("run")
+    add_option(run, "config", help="a baseline run's config.yaml (data, starting parameters in classical:, "
+               "select_metric)")
+    add_options(run, ("overrides", "resume"))
+    add_option(parser.add_argument_group("output"), "out", required=True,
+               help="run folder: config.yaml, folds.json, fold_<i>/, summary.json, report.md")
     parser.set_defaults(handler=_handle_baseline)

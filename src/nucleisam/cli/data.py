@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from nucleisam.cli.options import DATA_SOURCE, FOLDS, add_deprecated_root, add_option, add_options
 from nucleisam.data.datasets import Dataset, open_dataset
 from nucleisam.data.download import (
     DATASETS,
@@ -24,21 +25,16 @@ from nucleisam.utils.atomic import ensure_output_dir
 
 
 def _add_data_source(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("root", nargs="?", metavar="ROOT",
-                        help="NuInsSeg root (organ folders) or one organ folder, or a folder of images "
-                        "with .xml annotations beside them; 'nuinsseg' names the downloaded copy")
-    parser.add_argument("--images", metavar="DIR", help="folder of images (instead of ROOT)")
-    parser.add_argument("--masks", metavar="DIR",
-                        help="folder of instance label maps (TIFF/PNG/NPY) or Aperio XML, paired by stem")
-    parser.add_argument("--binary-masks", action="store_true",
-                        help="accept binary masks and split them into connected components")
-    parser.add_argument("--strict", action="store_true", help="treat any problem in the data as an error")
+    add_deprecated_root(parser)
+    add_options(parser.add_argument_group("data"), DATA_SOURCE)
 
 
 def _open(args: argparse.Namespace) -> Dataset:
-    root = None if args.root is None else resolve_data_root(args.root)
-    return open_dataset(root, images=args.images, masks=args.masks,
-                        binary_masks=args.binary_masks, strict=args.strict)
+    if args.root is not None and args.data is not None:
+        raise NucleisamError("give the data root once, as --data ROOT.")
+    root = args.data if args.root is None else args.root
+    return open_dataset(None if root is None else resolve_data_root(root), images=args.images,
+                        masks=args.masks, binary_masks=args.binary_masks, strict=args.strict)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                description="Count images, nuclei, organs, tiles with vague areas, and "
                                "list problems (unpaired files, duplicates, size mismatches).")
     _add_data_source(info)
-    info.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_option(info.add_argument_group("output"), "json")
     info.set_defaults(handler=run_info)
 
     folds = commands.add_parser("folds", help="write a k-fold cross-validation manifest (JSON)",
@@ -58,16 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                 "scikit-learn's KFold(shuffle=True)) with a validation subset per fold, "
                                 "and save the stems as a JSON manifest.")
     _add_data_source(folds)
-    folds.add_argument("--k", type=int, default=5, help="number of folds (default 5)")
-    folds.add_argument("--seed", type=int, default=19,
-                       help="seed of the test split (default 19, the NuInsSeg authors' split)")
-    folds.add_argument("--group", choices=["organ"], default=None,
-                       help="keep every organ's images in a single test fold")
-    folds.add_argument("--val-fraction", type=float, default=0.125,
-                       help="share of each training fold held out for validation, stratified by organ "
-                       "(default 0.125)")
-    folds.add_argument("--val-seed", type=int, default=0, help="seed of the validation draw (default 0)")
-    folds.add_argument("--out", required=True, metavar="FILE", help="manifest to write (JSON)")
+    add_options(folds.add_argument_group("folds"), FOLDS)
+    add_option(folds.add_argument_group("output"), "out", required=True, metavar="FILE",
+               help="fold manifest to write (JSON)")
     folds.set_defaults(handler=run_folds)
 
     download = commands.add_parser(
@@ -78,15 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "where it stopped, and the unpacked folder is checked like `data info`. Then `--data nuinsseg` "
         "names it.")
     download.add_argument("name", choices=sorted(DATASETS), metavar="NAME", help="data set: nuinsseg")
-    download.add_argument("--out", metavar="DIR",
-                          help="folder to create (default: see `nucleisam data path nuinsseg`)")
-    download.add_argument("--force", action="store_true", help="install again, replacing the folder")
-    download.add_argument("--from-archive", metavar="FILE.zip",
-                          help="install from the archive downloaded elsewhere (checked against the record's "
-                          "checksum when Zenodo can be reached)")
-    download.add_argument("--keep-archive", action="store_true",
-                          help="keep the downloaded zip beside the folder (by default it is deleted)")
-    download.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_options(download.add_argument_group("run"), ("force", "from_archive", "keep_archive", "quiet"))
+    add_option(download.add_argument_group("output"), "out", help="folder to create",
+               default_text="the folder `nucleisam data path nuinsseg` prints")
     download.set_defaults(handler=run_download)
 
     path = commands.add_parser("path", help="print the folder `data download` installs a data set in",
@@ -156,7 +139,7 @@ def run_folds(args: argparse.Namespace) -> int:
     manifest = make_folds(dataset.samples, k=args.k, seed=args.seed, group=args.group,
                           val_fraction=args.val_fraction, val_seed=args.val_seed)
     # The output folder is created only once the folds exist, so a failed run leaves nothing behind.
-    ensure_output_dir(out.parent, option="--out")
+    ensure_output_dir(out.parent)
     try:
         manifest.save(out)
     except OSError as exc:

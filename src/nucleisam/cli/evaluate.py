@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from nucleisam.cli.options import add_option, add_options
 from nucleisam.data.download import resolve_data_root
 from nucleisam.evaluate import FolderEvaluation, evaluate_folders
 from nucleisam.metrics import METRIC_NAMES
@@ -18,31 +19,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "stem, with the field's definitions (HoVer-Net Dice/AJI/AJI+/PQ, micro-sam mSA) and NucEval's "
         "conventions for empty maps and vague areas.",
     )
-    parser.add_argument("--pred", required=True, metavar="DIR",
-                        help="folder of predicted label maps (TIFF/PNG/NPY, 0 = background)")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--gt", metavar="DIR", help="folder of ground-truth label maps (TIFF/PNG/NPY)")
-    source.add_argument("--data", metavar="ROOT",
-                        help="a data set as the data commands read it: NuInsSeg root or organ folder "
-                        "('nuinsseg': the downloaded copy), or images with MoNuSeg/Aperio .xml beside them")
-    parser.add_argument("--images", metavar="DIR",
-                        help="with --gt: the images the ground truth belongs to (needed for .xml files)")
-    parser.add_argument("--ambiguous", metavar="DIR",
-                        help="folder of vague-area masks by stem (default with --data: the data set's own)")
-    parser.add_argument("--ambiguous-threshold", type=float, default=0.25, metavar="F",
-                        help="an instance with more than this share of its area in a vague area is removed "
-                        "(default 0.25, NucEval)")
-    parser.add_argument("--zone-width", type=int, default=0, metavar="PX",
-                        help="ignore pixels within PX of a GT nucleus border (NucEval's ring; 0 = off, "
-                        "the default)")
-    parser.add_argument("--binary-masks", action="store_true",
-                        help="accept binary masks and split them into connected components (touching "
-                        "nuclei then count as one; instance label maps are always better)")
-    parser.add_argument("--out", metavar="DIR",
-                        help="write per_image.csv, summary.json and summary.md here (default: print only)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace results already in --out (default: refuse, as predict does)")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    data = parser.add_argument_group("data")
+    add_option(data, "pred")
+    truth = data.add_mutually_exclusive_group(required=True)
+    add_option(truth, "data", help="NuInsSeg root or organ folder, or 'nuinsseg' for the downloaded copy: "
+               "its 'label masks modify' and vague areas are the ground truth")
+    add_option(truth, "masks")
+    add_option(data, "images", help="with --masks: the images the ground truth belongs to (needed for "
+               "MoNuSeg/Aperio .xml annotations)")
+    add_options(data, ("vague_masks", "binary_masks"))
+    add_options(parser.add_argument_group("run"), ("vague_threshold", "zone_width"))
+    output = parser.add_argument_group("output")
+    add_option(output, "out", help="write per_image.csv, summary.json and summary.md here",
+               default_text="none, print only")
+    add_option(output, "overwrite", help="replace results already in --out (default: refuse, as predict "
+               "does)")
+    add_option(output, "json", help="print the summary as JSON")
     parser.set_defaults(handler=run_evaluate)
 
 
@@ -70,12 +62,12 @@ def format_evaluation(evaluation: FolderEvaluation) -> str:
 def run_evaluate(args: argparse.Namespace) -> int:
     evaluation = evaluate_folders(
         args.pred,
-        gt_dir=args.gt,
+        gt_dir=args.masks,
         data_root=None if args.data is None else resolve_data_root(args.data),
         images_dir=args.images,
-        ambiguous_dir=args.ambiguous,
+        ambiguous_dir=args.vague_masks,
         out_dir=args.out,
-        ambiguous_threshold=args.ambiguous_threshold,
+        ambiguous_threshold=args.vague_threshold,
         zone_width=args.zone_width,
         binary_masks=args.binary_masks,
         overwrite=args.overwrite,

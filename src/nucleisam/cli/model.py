@@ -1,8 +1,4 @@
-"""``nucleisam model info``: the network a configuration builds, part by part.
-
-Also home of :func:`add_model_arguments` / :func:`model_config_from_args`, the model options other
-command groups (training, prediction) share.
-"""
+"""``nucleisam model info``: the network a configuration builds, part by part."""
 
 from __future__ import annotations
 
@@ -11,66 +7,8 @@ import json
 import sys
 from typing import Any
 
-MODES = ("lora", "full", "decoder", "seed")
-HEADS = ("instance", "sam")
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--mode --head --input-size --lora-rank --lora-alpha --lora-dropout --lora-blocks``."""
-    group = parser.add_argument_group("model")
-    group.add_argument(
-        "--mode",
-        choices=MODES,
-        default="lora",
-        help="what is fine-tuned: lora (LoRA on the encoder + head; default), full (encoder + head), "
-        "decoder (head only), seed (the seed notebook: LoRA r=4 alpha=1 on 41 layers + SAM decoder)",
-    )
-    group.add_argument(
-        "--head",
-        choices=HEADS,
-        default=None,
-        help="instance: light multi-scale decoder predicting foreground, centre and boundary distance "
-        "(default); sam: SAM's prompt-free mask decoder (binary; default and only choice with --mode seed)",
-    )
-    group.add_argument(
-        "--input-size",
-        type=int,
-        default=1024,
-        metavar="N",
-        help="square model input, multiple of 16: 1024 = SAM's convention (default), 512 = NuInsSeg tiles "
-        "at native size (4x less compute)",
-    )
-    group.add_argument("--lora-rank", type=int, default=None, metavar="R", help="LoRA rank (default 4)")
-    group.add_argument("--lora-alpha", type=float, default=None, metavar="A", help="LoRA alpha (default 4)")
-    group.add_argument(
-        "--lora-dropout", type=float, default=None, metavar="P", help="LoRA dropout (default 0)"
-    )
-    group.add_argument(
-        "--lora-blocks",
-        type=int,
-        nargs="+",
-        default=None,
-        metavar="I",
-        help="adapt only these TinyViT attention blocks (0-9), e.g. 6 7 8 9 ('late LoRA'); default all",
-    )
-
-
-def model_config_from_args(args: argparse.Namespace, *, weights: str = "auto") -> Any:
-    """The :class:`~nucleisam.model.ModelConfig` described by :func:`add_model_arguments` options."""
-    from nucleisam.model import LoraConfig, ModelConfig
-
-    overrides = {
-        key: value
-        for key, value in (
-            ("rank", args.lora_rank),
-            ("alpha", args.lora_alpha),
-            ("dropout", args.lora_dropout),
-            ("blocks", args.lora_blocks),
-        )
-        if value is not None
-    }
-    lora = LoraConfig(**overrides) if overrides else None
-    return ModelConfig(mode=args.mode, head=args.head, input_size=args.input_size, lora=lora, weights=weights)
+from nucleisam.cli.options import CONFIG, MODEL, add_option, add_options, config_values
+from nucleisam.config import to_dict
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -79,14 +17,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info = commands.add_parser(
         "info",
         help="parameter table per part (total, trainable, %%), LoRA targets, input size",
-        description="Build the network for the given options and print its parameters per part. Without "
-        "--checkpoint no weights are loaded (counts do not depend on them).",
+        description="Build the network for the given options (or the model section of --config) and print "
+        "its parameters per part. Without --checkpoint no weights are loaded (counts do not depend on "
+        "them); with it the file is loaded and checked key by key.",
     )
-    add_model_arguments(info)
-    info.add_argument(
-        "--checkpoint", metavar="PATH", help="also load and verify this mobile_sam.pt (keys, shapes, sha256)"
-    )
-    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_options(info.add_argument_group("model"), MODEL, from_config=True)
+    add_options(info.add_argument_group("run"), CONFIG, from_config=True)
+    add_option(info.add_argument_group("output"), "json")
     info.set_defaults(handler=_info)
     parser.set_defaults(handler=lambda _args: _print_help(parser))
 
@@ -106,7 +43,7 @@ def model_summary(model: Any, *, weights_source: str) -> dict[str, Any]:
         "input_size": config.input_size,
         "weights": {"source": weights_source, "sha256": model.base_checkpoint_sha256},
         "lora": (
-            {**config.lora.to_dict(), "scale": config.lora.scale, "layers": list(model.lora_targets)}
+            {**to_dict(config.lora), "scale": config.lora.scale, "layers": list(model.lora_targets)}
             if config.uses_lora
             else None
         ),
@@ -116,9 +53,11 @@ def model_summary(model: Any, *, weights_source: str) -> dict[str, Any]:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from nucleisam.config import load_run_config
     from nucleisam.model.network import assemble_model, load_base_weights
 
-    config = model_config_from_args(args, weights=args.checkpoint or "none")
+    values = {"model.weights": "none", **config_values(args)}  # no weights to load: counts only
+    config = load_run_config(args.config, args.overrides, values).model
     if args.checkpoint:
         state, sha256, source = load_base_weights(args.checkpoint)
     else:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import math
 
+from nucleisam.cli.options import add_option, add_options
 from nucleisam.errors import NucleisamError
 from nucleisam.exports import EXPORT_FORMATS
 from nucleisam.exports.slides import DEFAULT_SLIDE_FORMATS, SLIDE_FORMATS
-from nucleisam.predict.slide import CHUNK_TILES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,41 +26,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="images or slides: files, folders (their images), glob patterns (quote them; "
                         "** allowed) or CSV lists of paths")
-    source = parser.add_argument_group("method (one of)")
-    source.add_argument("--adapter", metavar="FILE", help="fine-tuned adapter (.safetensors) from training")
-    source.add_argument("--method", choices=["model", "classical"], default=None,
-                        help="'classical': hematoxylin threshold + watershed, no model or weights; "
-                        "'model' (default with --adapter)")
-    parser.add_argument("--checkpoint", metavar="PATH",
-                        help="base MobileSAM checkpoint (default: the cached official mobile_sam.pt)")
-    parser.add_argument("--allow-checkpoint-mismatch", action="store_true",
-                        help="accept a base checkpoint other than the one the adapter was trained on")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
+    add_option(parser.add_argument_group("data"), "mpp",
+               help="microns per level-0 pixel: overrides what slides record; for images, adds µm² areas "
+               "to CSV/GeoJSON and the resolution to label TIFFs")
+    add_options(parser.add_argument_group("model"), ("adapter", "method", "checkpoint",
+                                                      "allow_checkpoint_mismatch"))
+    add_options(parser.add_argument_group("run"), ("tile", "overlap", "batch_size", "device"))
+    add_options(parser.add_argument_group("whole slides"), ("tissue", "workers", "scheduler", "chunk_tiles"))
+    output = parser.add_argument_group("output")
+    add_option(output, "out", required=True)
     formats = ",".join(dict.fromkeys(EXPORT_FORMATS + SLIDE_FORMATS))
-    parser.add_argument("--formats", default=None, metavar="LIST",
-                        help=f"comma-separated subset of {formats} (default: images "
-                        f"{','.join(EXPORT_FORMATS)}; slides {','.join(DEFAULT_SLIDE_FORMATS)})")
-    parser.add_argument("--tile", type=int, default=512, help="tile size in pixels (default 512)")
-    parser.add_argument("--overlap", type=int, default=64,
-                        help="tile overlap in pixels, at least the largest nucleus diameter (default 64)")
-    parser.add_argument("--batch-size", type=int, default=4, help="tiles per network call (default 4)")
-    parser.add_argument("--device", default="auto",
-                        help="auto, cpu, cuda or cuda:N (default auto: a GPU if torch sees one)")
-    parser.add_argument("--mpp", type=float, default=None, metavar="MICRONS",
-                        help="microns per level-0 pixel: overrides what slides record; for images adds µm² "
-                        "areas to CSV/GeoJSON and resolution to the TIFF")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="redo every input and replace existing output files")
-    slides = parser.add_argument_group("whole slides")
-    slides.add_argument("--tissue", default="auto", metavar="auto|none|MASK.png",
-                        help="segment only tissue: detected on the thumbnail (auto, default), everywhere "
-                        "(none), or where a mask image (any size, white = tissue) says")
-    slides.add_argument("--workers", type=int, default=0, metavar="N",
-                        help="Dask LocalCluster of N single-threaded worker processes (0 or 1: this process)")
-    slides.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                        help="run on an existing Dask cluster, e.g. tcp://host:8786 (dask-jobqueue on SLURM)")
-    slides.add_argument("--chunk-tiles", type=int, default=CHUNK_TILES, metavar="K",
-                        help=f"tiles per side of a chunk, the unit of work (default {CHUNK_TILES})")
+    add_option(output, "formats", help=f"comma-separated subset of {formats}",
+               default_text=f"images {','.join(EXPORT_FORMATS)}; slides {','.join(DEFAULT_SLIDE_FORMATS)}")
+    add_option(output, "overwrite", help="redo every input and replace existing output files")
     parser.set_defaults(handler=run_predict)
 
 

@@ -1,4 +1,5 @@
-"""``nucleisam train``, ``cv`` and ``demo``: thin wrappers over :mod:`nucleisam.experiments.cv`."""
+"""``nucleisam train``, ``cv`` and ``demo``: the model (:mod:`nucleisam.experiments.model_method`) through
+the cross-validation runner (:mod:`nucleisam.experiments.cv`)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,20 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nucleisam.data.download import resolve_data_root
+from nucleisam.cli.options import (
+    CONFIG,
+    DATA_SOURCE,
+    FOLDS,
+    MODEL,
+    add_option,
+    add_options,
+    config_values,
+    name_flags,
+)
 from nucleisam.errors import NucleisamError
 
 if TYPE_CHECKING:  # the training stack (torch) is imported when a training command runs, not before
-    from nucleisam.train.config import Config
+    from nucleisam.config import Config
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 #: The bundled sample and the demo's configuration, present in a source checkout.
@@ -21,61 +31,24 @@ DEMO_DATA = REPO_ROOT / "examples" / "NuInsSeg"
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 
 
-def _add_set_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one option, e.g. --set train.epochs=10 (repeatable; applied last)",
-    )
+def _add_run_options(parser: argparse.ArgumentParser, *, one_fold: bool = False) -> None:
+    """The options every training command shares: data, folds, model, run and output; with
+    ``one_fold`` also the choice of ``--fold I`` or ``--all``."""
+    add_options(parser.add_argument_group("data"), DATA_SOURCE, from_config=True)
+    folds = parser.add_argument_group("folds")
+    add_options(folds, FOLDS, from_config=True)
+    if one_fold:
+        add_options(folds.add_mutually_exclusive_group(required=True), ("fold", "all"))
+    add_options(parser.add_argument_group("model"), MODEL, from_config=True)
+    add_options(parser.add_argument_group("run"), (*CONFIG, "device", "resume"), from_config=True)
+    add_option(parser.add_argument_group("output"), "out", required=True,
+               help="run folder: config.yaml, folds.json, fold_<i>/, summary.json, report.md")
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="YAML/TOML configuration (see configs/)")
-    _add_set_option(parser)
-    parser.add_argument("--checkpoint", metavar="PATH", help="MobileSAM checkpoint (model.weights)")
-    parser.add_argument("--device", help="train.device: auto, cpu, cuda or cuda:N (default auto)")
-    parser.add_argument(
-        "--resume", action="store_true", help="continue the run in --out (finished folds are kept)"
-    )
+def _config(args: argparse.Namespace) -> Config:
+    from nucleisam.config import load_run_config
 
-
-def _add_data_options(parser: argparse.ArgumentParser, *, required_out: bool = True) -> None:
-    parser.add_argument(
-        "--data", metavar="ROOT", help="NuInsSeg-layout folder (data.root); 'nuinsseg': the downloaded copy"
-    )
-    parser.add_argument("--images", metavar="DIR", help="folder of images (with --masks), instead of --data")
-    parser.add_argument("--masks", metavar="DIR", help="folder of instance label maps paired by stem")
-    parser.add_argument("--out", metavar="DIR", required=required_out, help="run folder")
-
-
-def _values(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
-    """Dotted config keys set by dedicated options (only those given)."""
-    values: dict[str, Any] = {}
-    for option, key in (
-        ("data", "data.root"),
-        ("images", "data.images"),
-        ("masks", "data.masks"),
-        ("checkpoint", "model.weights"),
-        ("device", "train.device"),
-    ):
-        value = getattr(args, option, None)
-        if option == "data" and value is not None:
-            value = resolve_data_root(value)
-        if value is not None:
-            values[key] = (
-                str(Path(value).resolve()) if option in ("data", "images", "masks", "checkpoint") else value
-            )
-    values.update({k: v for k, v in extra.items() if v is not None})
-    return values
-
-
-def _config(args: argparse.Namespace, **extra: Any) -> Config:
-    from nucleisam.train.config import load_run_config
-
-    return load_run_config(args.config, args.overrides, _values(args, **extra))
+    return load_run_config(args.config, args.overrides, config_values(args))
 
 
 def _reproduce(out: Path, verb: str) -> str:
@@ -88,6 +61,7 @@ def _run_cv(
     config: Config, out: Path, *, resume: bool, only_folds: list[int] | None, verb: str, notes: list[str] = ()
 ) -> dict[str, Any]:
     from nucleisam.experiments.cv import run_cv
+    from nucleisam.experiments.model_method import ModelMethod
     from nucleisam.experiments.runs import summary_table
     from nucleisam.train.distributed import init_distributed, shutdown_distributed
     from nucleisam.train.loop import TrainingInterrupted
@@ -95,16 +69,15 @@ def _run_cv(
     context = init_distributed(config.train.device)
     try:
         summary = run_cv(
-            config,
+            ModelMethod(config, out, context=context),
             out,
             resume=resume,
             only_folds=only_folds,
             command=_reproduce(out, verb),
             notes=notes,
-            context=context,
         )
     except TrainingInterrupted as exc:
-        print(f"nucleisam: {exc}", file=sys.stderr)
+        print(f"nucleisam: {name_flags(str(exc), {'resume'})}", file=sys.stderr)
         raise KeyboardInterrupt from exc
     finally:
         shutdown_distributed()
@@ -117,7 +90,7 @@ def _run_cv(
 
 
 def _handle_cv(args: argparse.Namespace) -> int:
-    config = _config(args, **{"data.k": args.k, "data.seed": args.seed, "data.group": args.group})
+    config = _config(args)
     _run_cv(config, Path(args.out), resume=args.resume, only_folds=None, verb="cv")
     return 0
 
@@ -127,23 +100,25 @@ def _handle_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.all:
         from nucleisam.experiments.cv import train_final
+        from nucleisam.experiments.model_method import ADAPTER_FILE, ModelMethod
         from nucleisam.train.distributed import init_distributed, shutdown_distributed
 
         context = init_distributed(config.train.device)
         try:
-            adapter = train_final(config, out, resume=args.resume, context=context)
+            method = ModelMethod(config, out, context=context, comparisons=False)
+            directory = train_final(method, out, resume=args.resume)
         finally:
             shutdown_distributed()
         if context.is_main:
-            print(f"adapter: {adapter}")
+            print(f"adapter: {directory / ADAPTER_FILE}")
         return 0
     _run_cv(config, out, resume=args.resume, only_folds=[args.fold], verb="train")
     return 0
 
 
 def _handle_demo(args: argparse.Namespace) -> int:
+    from nucleisam.config import load_run_config
     from nucleisam.model.checkpoint import default_checkpoint_path
-    from nucleisam.train.config import load_run_config
 
     if not DEMO_DATA.is_dir() or not DEMO_CONFIG.is_file():
         raise NucleisamError(
@@ -152,10 +127,10 @@ def _handle_demo(args: argparse.Namespace) -> int:
         )
     checkpoint = default_checkpoint_path()
     notes: list[str] = []
-    values: dict[str, Any] = {"data.root": str(DEMO_DATA)}
-    if checkpoint.is_file():
+    values: dict[str, Any] = {"data.root": str(DEMO_DATA), **config_values(args)}
+    if "model.weights" not in values and checkpoint.is_file():  # --checkpoint wins over the cached copy
         values["model.weights"] = str(checkpoint)
-    else:
+    elif "model.weights" not in values:
         values["model.weights"] = "none"
         warning = (
             f"MobileSAM weights not found at {checkpoint}: the demo trains from RANDOM initial weights, so "
@@ -178,37 +153,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="k-fold cross-validation: train, select, tune and test a fresh model per fold",
         description="Cross-validate on a data set: per fold a fresh model trained on the fold's training "
         "images, the best epoch chosen on its validation images, post-processing tuned there, test images "
-        "scored at native resolution. Writes config.yaml, folds.json, fold_<i>/, summary.json, report.md.",
+        "scored at native resolution. Writes config.yaml, folds.json, fold_<i>/, summary.json, report.md. "
+        "Options override --config; --set overrides both.",
     )
-    _add_data_options(cv)
-    cv.add_argument("--k", type=int, help="number of folds (data.k, default 5)")
-    cv.add_argument("--seed", type=int, help="fold seed (data.seed, default 19: the NuInsSeg authors' split)")
-    cv.add_argument("--group", choices=("organ",), help="keep each organ in one test fold (data.group)")
-    _add_config_options(cv)
+    _add_run_options(cv)
     cv.set_defaults(handler=_handle_cv)
 
     train = subparsers.add_parser(
         "train",
         help="train one fold's model, or one model on all images",
-        description="Train the model of one fold (--fold K, evaluated on its test images like `cv`), or one "
+        description="Train the model of one fold (--fold I, evaluated on its test images like `cv`), or one "
         "model on all images (--all; a validation split is held out for selection and tuning) for use with "
         "`nucleisam predict`.",
     )
-    _add_data_options(train)
-    which = train.add_mutually_exclusive_group(required=True)
-    which.add_argument("--fold", type=int, metavar="K", help="fold index (0-based)")
-    which.add_argument("--all", action="store_true", help="train on all images (final model)")
-    _add_config_options(train)
+    _add_run_options(train, one_fold=True)
     train.set_defaults(handler=_handle_train)
 
     demo = subparsers.add_parser(
         "demo",
         help="cross-validation on the bundled sample with a small CPU budget (what `make demo` runs)",
         description="Runs `cv` on the bundled six-tile sample with configs/demo.yaml (3 folds, the 512² "
-        "tiles at input size 256, 30 short epochs). Uses the cached MobileSAM weights when present, "
-        "otherwise random weights (warned).",
+        "tiles at input size 256, 30 short epochs). Uses the cached MobileSAM weights when present (or "
+        "--checkpoint), otherwise random weights (warned). Options override configs/demo.yaml; --set "
+        "overrides both.",
     )
-    demo.add_argument("--out", metavar="DIR", help="run folder (default runs/demo-<date>-<time>)")
-    _add_set_option(demo)
-    demo.add_argument("--resume", action="store_true", help="continue the demo run in --out")
+    add_options(demo.add_argument_group("model"), MODEL, from_config=True)
+    add_options(demo.add_argument_group("run"), ("overrides", "device", "resume"), from_config=True)
+    add_option(demo.add_argument_group("output"), "out", default_text="runs/demo-<date>-<time>",
+               help="run folder")
     demo.set_defaults(handler=_handle_demo)

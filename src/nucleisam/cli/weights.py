@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from nucleisam.cli.options import add_option, add_options
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("weights", help="download or locate the pretrained MobileSAM weights")
@@ -14,10 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Download the official MobileSAM weights (40.7 MB) into $NUCLEISAM_HOME, else the user "
         "cache folder (e.g. ~/.cache/nucleisam), verifying the sha256 before the file is put in place.",
     )
-    download.add_argument(
-        "--force", action="store_true", help="download again even if a verified copy exists"
-    )
-    download.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_options(download.add_argument_group("run"), ("force", "quiet"))
     download.set_defaults(handler=_download)
     path = commands.add_parser(
         "path",
@@ -25,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Print the cache path of mobile_sam.pt. With --check, also verify the file and exit 1 "
         "if it is missing or its sha256 differs.",
     )
-    path.add_argument("--check", action="store_true", help="verify presence and sha256 (exit 1 if not)")
+    add_option(path.add_argument_group("run"), "check")
     path.set_defaults(handler=_path)
     parser.set_defaults(handler=lambda _args: _print_help(parser))
 

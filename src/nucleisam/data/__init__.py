@@ -2,7 +2,6 @@
 training targets."""
 
 from nucleisam.data.aperio_xml import rasterize_polygons, read_xml_instances, read_xml_polygons
-from nucleisam.data.config import DataConfig
 from nucleisam.data.datasets import (
     Dataset,
     Sample,
@@ -30,6 +29,14 @@ from nucleisam.data.slides import (
 )
 from nucleisam.data.summary import DatasetSummary, summarize
 from nucleisam.data.targets import instance_targets
+from nucleisam.data.tissue import (
+    TissueMask,
+    detect_tissue,
+    read_tissue_mask,
+    tile_has_tissue,
+    tissue_mask_for,
+    tissue_mask_from_option,
+)
 from nucleisam.data.transforms import (
     Augmented,
     Augmenter,
@@ -48,14 +55,15 @@ __all__ = [
     "ArraySlide",
     "Augmented",
     "Augmenter",
-    "DataConfig",
     "Dataset",
     "DatasetSummary",
     "Fold",
     "FoldManifest",
     "Sample",
     "SlideImage",
+    "TissueMask",
     "count_instances",
+    "detect_tissue",
     "from_model_output",
     "instance_targets",
     "is_nuinsseg_root",
@@ -72,12 +80,16 @@ __all__ = [
     "read_binary_mask",
     "read_label_map",
     "read_rgb",
+    "read_tissue_mask",
     "read_xml_instances",
     "read_xml_polygons",
     "resize_image",
     "resize_map",
     "resize_nearest",
     "summarize",
+    "tile_has_tissue",
+    "tissue_mask_for",
+    "tissue_mask_from_option",
     "to_model_input",
     "to_rgb_uint8",
     "working_level",

@@ -102,7 +102,7 @@ class Dataset:
             listing = "\n  - ".join(self.problems)
             raise NucleisamError(
                 f"{len(self.problems)} problem(s) found{where} (strict mode):\n  - {listing}\n"
-                "Fix or remove these files, or run without --strict to skip them."
+                "Fix or remove these files, or leave strict mode (strict) to skip them."
             )
 
 
@@ -165,7 +165,7 @@ def _check_root(root: str | os.PathLike[str], option: str) -> Path:
     if not path.exists():
         raise NucleisamError(f"data folder not found: {path} ({option}). Check the path.")
     if not path.is_dir():
-        raise NucleisamError(f"{option} {path} is not a folder.")
+        raise NucleisamError(f"{path} ({option}) is not a folder.")
     return path
 
 
@@ -261,13 +261,13 @@ def load_nuinsseg(root: str | os.PathLike[str], *, strict: bool = False) -> Data
     ``mask binary_vague``). The ``label masks`` folder is never read: where nuclei overlap it
     stores the *sum* of their ids. Species and organ come from the folder name.
     """
-    path = _check_root(root, "ROOT")
+    path = _check_root(root, "root")
     organs = _organ_folders(path)
     if not organs:
         raise NucleisamError(
             f"no NuInsSeg organ folders in {path}: expected '<organ>/tissue images/<stem>.png' with "
             "'<organ>/label masks modify/<stem>.tif' (or ROOT being one organ folder). For other "
-            "layouts use --images DIR --masks DIR."
+            "layouts give a folder of images (images) and one of label maps (masks)."
         )
     problems: list[str] = []
     samples: list[Sample] = []
@@ -315,8 +315,8 @@ def load_folders(
     next to each image is used. ``binary_masks=True`` accepts binary masks and splits them into
     connected components. Organ and species are ``"unknown"``.
     """
-    images_dir = _check_root(images, "--images")
-    masks_dir = images_dir if masks is None else _check_root(masks, "--masks")
+    images_dir = _check_root(images, "images")
+    masks_dir = images_dir if masks is None else _check_root(masks, "masks")
     problems: list[str] = []
     image_files = _list_files(images_dir, IMAGE_SUFFIXES)
     if masks is None:
@@ -327,9 +327,9 @@ def load_folders(
             image_names = {p.name for p in image_files}
             mask_files = [p for p in mask_files if p.name not in image_names]
     if not image_files:
-        raise NucleisamError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {images_dir} (--images).")
+        raise NucleisamError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {images_dir} (images).")
     if not mask_files:
-        where = f"next to the images in {images_dir}" if masks is None else f"in {masks_dir} (--masks)"
+        where = f"next to the images in {images_dir}" if masks is None else f"in {masks_dir} (masks)"
         raise NucleisamError(f"no label masks (TIFF, PNG, NPY or XML) found {where}.")
     image_index = _index_by_stem(image_files, "image", problems)
     mask_index = _index_by_stem(mask_files, "label mask", problems)
@@ -358,14 +358,17 @@ def open_dataset(
     omitted when ``.xml`` files sit next to the images).
     """
     if root is not None and (images is not None or masks is not None):
-        raise NucleisamError("give either ROOT or --images/--masks, not both.")
+        raise NucleisamError("give either a data root (root) or folders of images (images), not both.")
     if root is None:
         if images is None:
             if masks is not None:
-                raise NucleisamError("--masks needs --images.")
-            raise NucleisamError("no data given: pass ROOT, or --images DIR with --masks DIR.")
+                raise NucleisamError("a folder of label maps (masks) needs a folder of images (images).")
+            raise NucleisamError(
+                "no data given: a data root (root), or a folder of images (images) with one of label maps "
+                "(masks)."
+            )
         return load_folders(images, masks, binary_masks=binary_masks, strict=strict)
-    path = _check_root(root, "ROOT")
+    path = _check_root(root, "root")
     if is_nuinsseg_root(path):
         return load_nuinsseg(path, strict=strict)
     if _looks_like_xml_folder(path):
@@ -375,5 +378,5 @@ def open_dataset(
     raise NucleisamError(
         f"{path} is not in a layout nucleisam reads: expected NuInsSeg organ folders "
         "('<organ>/tissue images', '<organ>/label masks modify'), images with .xml annotations beside "
-        "them, or use --images DIR --masks DIR."
+        "them, or give a folder of images (images) and one of label maps (masks)."
     )

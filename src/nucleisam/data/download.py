@@ -246,7 +246,7 @@ def download_dataset(
         elif path.is_file() and not force:
             raise NucleisamError(
                 f"{path} exists but its {archive.algorithm} is not the record's {archive.digest}: delete it, "
-                "or run with --force to download it again."
+                "or download it again over it (force)."
             )
         else:
             download_file(
@@ -292,7 +292,7 @@ def install_from_archive(
     dataset = get_dataset(name)
     file = Path(archive)
     if not file.is_file():
-        raise NucleisamError(f"--from-archive {file}: no such file.")
+        raise NucleisamError(f"archive {file} (archive) does not exist.")
     target = _target(dataset, out)
     if (present := _already_present(dataset, target, force)) is not None:
         return present
@@ -318,8 +318,8 @@ def install_from_archive(
         if match is None:
             expected = ", ".join(f"{a.key} ({a.size:,} bytes, {a.checksum})" for a in archives)
             raise NucleisamError(
-                f"--from-archive {file} ({size:,} bytes) is not the archive of Zenodo record "
-                f"{dataset.record_id}, which lists {expected}: download it again from {dataset.landing_page}."
+                f"archive {file} (archive) is not the archive of Zenodo record {dataset.record_id}: it has "
+                f"{size:,} bytes, the record lists {expected}. Download it again from {dataset.landing_page}."
             )
         source = {
             "name": match.key,
@@ -335,7 +335,7 @@ def install_from_archive(
 def _target(dataset: ZenodoDataset, out: str | os.PathLike[str] | None) -> Path:
     target = Path(out) if out is not None else default_data_dir(dataset)
     if target.exists() and not target.is_dir():
-        raise NucleisamError(f"--out {target} exists and is not a folder.")
+        raise NucleisamError(f"target {target} (out) exists and is not a folder.")
     return target.absolute()
 
 
@@ -345,8 +345,8 @@ def _already_present(dataset: ZenodoDataset, target: Path, force: bool) -> Insta
         return None
     if not (target / MARKER).is_file():
         raise NucleisamError(
-            f"{target} exists and was not made by `nucleisam data download`: choose another --out, or run "
-            "with --force to replace it."
+            f"{target} exists and was not made by `nucleisam data download`: choose another folder (out), "
+            "or replace it (force)."
         )
     summary = summarize(load_nuinsseg(target))
     return InstallResult(dataset, target, summary, already_present=True)
@@ -357,7 +357,7 @@ def _make_parent(target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise NucleisamError(
-            f"cannot create the folder {target.parent}: {exc.strerror or exc}. Choose another --out."
+            f"cannot create the folder {target.parent}: {exc.strerror or exc}. Choose another folder (out)."
         ) from exc
 
 
@@ -501,7 +501,8 @@ def safe_extract(
         raise NucleisamError(f"{archive} is not a complete zip archive ({exc}); download it again.") from exc
     except (NotImplementedError, RuntimeError) as exc:  # unsupported compression, encrypted entries
         raise NucleisamError(
-            f"cannot unpack {archive} ({exc}): unpack it with another tool and pass the folder as --data."
+            f"cannot unpack {archive} ({exc}): unpack it with another tool and use the folder as the data "
+            "root (data.root)."
         ) from exc
 
 

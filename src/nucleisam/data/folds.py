@@ -70,7 +70,7 @@ def group_test_indices(groups: Sequence[str], *, k: int, seed: int) -> list[np.n
     if len(names) < k:
         raise NucleisamError(
             f"grouping by organ needs at least k={k} organs to fill {k} folds, but the data has "
-            f"{len(names)} ({', '.join(names)}). Use fewer folds (--k) or drop --group organ."
+            f"{len(names)} ({', '.join(names)}). Use fewer folds (k) or no grouping (group)."
         )
     members: dict[str, list[int]] = defaultdict(list)
     for index, name in enumerate(groups):
@@ -281,17 +281,17 @@ def make_folds(
         val_seed: seed of the validation draw (fold ``i`` uses ``default_rng([val_seed, i])``).
     """
     if group not in GROUPINGS:
-        raise NucleisamError(f"unknown grouping {group!r} (--group); choose 'organ' or leave it out.")
+        raise NucleisamError(f"unknown grouping {group!r} (group); choose 'organ' or leave it out.")
     if not 0.0 <= val_fraction < 1.0:
-        raise NucleisamError(f"--val-fraction must be in [0, 1), got {val_fraction}.")
+        raise NucleisamError(f"val_fraction={val_fraction} is not valid: it must be in [0, 1).")
     ordered = sorted(samples, key=lambda s: (s.image_path.name, str(s.image_path)))
     stems = [s.stem for s in ordered]
     if len(set(stems)) != len(stems):
         raise NucleisamError("the samples contain duplicate stems; fix the data set before making folds.")
     if k < 2:
-        raise NucleisamError(f"--k must be at least 2, got {k}.")
+        raise NucleisamError(f"k={k} is too few folds: at least 2 are needed.")
     if k > len(ordered):
-        raise NucleisamError(f"cannot make k={k} folds from {len(ordered)} images; use --k {len(ordered)} "
+        raise NucleisamError(f"cannot make k={k} folds from {len(ordered)} images; use k={len(ordered)} "
                              "or fewer.")
     groups = [s.group for s in ordered]
     if group == "organ":

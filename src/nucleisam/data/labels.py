@@ -154,7 +154,7 @@ def label_map_from_array(
                 raise NucleisamError(
                     f"{source} looks like a binary mask (values 0/{foreground_value} in "
                     f"{int(labelled.max())} separate regions), not an instance label map. nucleisam "
-                    "needs one id per nucleus. Pass --binary-masks (binary_masks=True) to split it "
+                    "needs one id per nucleus. Pass binary_masks=True to split it "
                     "into connected components; touching nuclei then stay merged."
                 )
             return labelled

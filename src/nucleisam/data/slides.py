@@ -44,15 +44,15 @@ THUMBNAIL_READ = 2048
 #: editors, or a unit-less value. Such a value is treated as unknown rather than trusted.
 PLAUSIBLE_MPP = (0.01, 50.0)
 #: Level-0 resolution of the NuInsSeg tiles the models are trained on, in µm per pixel. NuInsSeg
-#: (Mahbod et al., Sci Data 11:295, 2024, doi:10.1038/s41597-024-03117-2) was scanned at 40× on a
-#: TissueGnostics scanner; the sources we could consult (the paper's text as indexed, the dataset's
-#: README) state the magnification but no pixel size, so this is the conventional 0.25 µm/px of a 40×
-#: scan: an approximation, not a measured value.
+#: (Mahbod et al., Sci Data 11:295, 2024, doi:10.1038/s41597-024-03117-2) tiles come from 40× scans
+#: on a TissueGnostics scanner (dataset README, github.com/masih4/NuInsSeg). No pixel size was found
+#: in the sources we could consult (the README and the indexed pages of the paper), so this is the
+#: conventional 0.25 µm/px of a 40× scan: an approximation, to replace if the paper states the value.
 NUINSSEG_MPP = 0.25
 #: Relative difference in resolution below which a level is read as-is, not resampled: scanners'
 #: "40×" ranges from about 0.22 to 0.27 µm/px, and resampling by a few percent only blurs.
 MPP_TOLERANCE = 0.1
-#: Length units of OME ``PhysicalSizeX`` (and TIFF ``ResolutionUnit``) in micrometres.
+#: Length units of OME ``PhysicalSizeX`` in micrometres.
 _MICRONS_PER_UNIT = {
     "m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "μm": 1.0, "um": 1.0, "micron": 1.0,
     "nm": 1e-3, "pm": 1e-6, "Å": 1e-4,
@@ -201,7 +201,7 @@ class SlideImage:
             for out_x in range(0, out_w, step):
                 x0, y0 = out_x * factor, out_y * factor
                 width, height = min(step * factor, level_w - x0), min(step * factor, level_h - y0)
-                location = (round(x0 * downsample), round(y0 * downsample))
+                location = (math.ceil(x0 * downsample), math.ceil(y0 * downsample))
                 piece = self.read_region(location, level, (width, height))
                 reduced = _block_mean(piece, factor)
                 result[out_y : out_y + reduced.shape[0], out_x : out_x + reduced.shape[1]] = reduced
@@ -272,7 +272,9 @@ class TiffSlide(SlideImage):
 
     backend = "tifffile"
 
-    def __init__(self, path: Path, tif: tifffile.TiffFile, *, mpp: float | None, mpp_source: str | None):
+    def __init__(
+        self, path: Path, tif: tifffile.TiffFile, *, mpp: float | None, mpp_source: str | None
+    ) -> None:
         import zarr
 
         series = tif.series[0]

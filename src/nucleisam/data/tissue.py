@@ -14,6 +14,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -100,7 +101,7 @@ def detect_tissue(
     coloured = (saturation > _bounded_otsu(saturation, saturation_range)) & (
         optical_density > glass_optical_density
     )
-    return clean_mask(dark | coloured, opening=opening, closing=closing, min_object_px=min_object_px,
+    return _clean_mask(dark | coloured, opening=opening, closing=closing, min_object_px=min_object_px,
                       max_hole_px=max_hole_px)
 
 
@@ -110,7 +111,7 @@ def _bounded_otsu(values: np.ndarray, bounds: tuple[float, float]) -> float:
     return min(max(otsu, low), high)
 
 
-def clean_mask(
+def _clean_mask(
     mask: np.ndarray, *, opening: int, closing: int, min_object_px: int, max_hole_px: int | None
 ) -> np.ndarray:
     """Opening, then closing (with the image edge treated as continuing the mask, so tissue cut by
@@ -140,12 +141,12 @@ def _fill_holes(mask: np.ndarray, max_hole_px: int | None) -> np.ndarray:
 
 
 def tissue_mask_for(
-    slide: SlideImage, *, max_size: int = TISSUE_THUMBNAIL_SIZE, **detect_options: object
+    slide: SlideImage, *, max_size: int = TISSUE_THUMBNAIL_SIZE, **detect_options: Any
 ) -> TissueMask:
     """Detect tissue on the slide's thumbnail (longest side ``max_size``, read from the smallest level
     that large); ``detect_options`` go to :func:`detect_tissue`."""
     thumbnail = slide.thumbnail(max_size)
-    mask = detect_tissue(thumbnail, **detect_options)  # type: ignore[arg-type]
+    mask = detect_tissue(thumbnail, **detect_options)
     return TissueMask(mask=mask, downsample=_downsample(slide.dimensions, mask.shape))
 
 
@@ -181,7 +182,7 @@ def read_tissue_mask(path: str | os.PathLike[str], slide: SlideImage) -> TissueM
     return TissueMask(mask=mask, downsample=_downsample(slide.dimensions, mask.shape))
 
 
-def tissue_mask_from_option(option: str, slide: SlideImage, **detect_options: object) -> TissueMask | None:
+def tissue_mask_from_option(option: str, slide: SlideImage, **detect_options: Any) -> TissueMask | None:
     """``--tissue auto|none|MASK``: a detected mask, no mask (read every tile), or the user's mask."""
     if option == "auto":
         return tissue_mask_for(slide, **detect_options)

@@ -1,40 +1,39 @@
-"""Cross-validation: per fold a fresh model trained, selected, post-processing tuned, test scored.
+"""Cross-validation of any :class:`~nucleisam.experiments.method.Method`: one runner for the
+fine-tuned model (``nucleisam cv``, ``train``, ``demo``) and the classical baseline (``nucleisam
+baseline``).
 
-For every fold of the manifest (``folds.json``):
+For every fold of the manifest (``folds.json``) the runner:
 
-1. seed, build a **fresh** model and (inside :func:`~nucleisam.train.loop.fit`) a fresh optimiser;
-2. train on the fold's training images; after each epoch post-process the inner validation images
-   with the default parameters and score their mean AJI; keep the best epoch;
-3. reload the best epoch and tune the post-processing parameters on the validation images;
-4. score the test images at native resolution with the tuned watershed, with connected components
-   of the thresholded foreground (to show what post-processing adds) and with the classical baseline
-   (no model; :func:`nucleisam.classical.tune_classical` on the same validation images), each with and
-   without the vague areas;
-5. write ``fold_<i>/adapter.safetensors`` (tuned post-processing in its metadata), ``history.csv``,
-   ``per_image.csv`` and ``metrics.json``; ``metrics.json`` marks the fold finished, so ``--resume``
-   never redoes it.
+1. skips the fold when its ``metrics.json`` exists (a resumed run never redoes a finished fold);
+2. fits the method on the fold's training images (selecting on its validation images) and tunes its
+   parameters on the validation images;
+3. scores the test images at native resolution, each report row of the method with and without the
+   vague areas, into ``per_image.csv``, with contour overlays of the first test tiles;
+4. lets the method save its artefacts, then writes ``metrics.json`` last: it marks the fold finished.
 
-The run folder then gets ``summary.json``, ``report.md``, ``curves.png`` and ``overlays/``.
+The run folder then gets ``summary.json``, ``report.md`` and, for a method with a training history,
+``curves.png``. Nothing is written before the folder, the options and the data have been checked.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from skimage.measure import label as connected_components
 
-from nucleisam.classical import classical_instances, tune_classical
-from nucleisam.config import save_config, to_dict
-from nucleisam.data import Augmenter, FoldManifest, Sample
+from nucleisam.config import save_config
+from nucleisam.data.datasets import Sample
+from nucleisam.data.folds import FoldManifest, stratified_validation
 from nucleisam.errors import NucleisamError
-from nucleisam.experiments.report import REPORT_METRICS, plot_curves, write_overlay, write_report
+from nucleisam.experiments.method import FoldSplit, Method, load_tile
+from nucleisam.experiments.report import plot_curves, write_overlay, write_report
 from nucleisam.experiments.runs import (
     CONFIG_FILE,
     FOLD_METRICS_FILE,
@@ -49,273 +48,176 @@ from nucleisam.experiments.runs import (
     load_fold_metrics,
     open_run_data,
     read_per_image,
-    summarize,
+    summarize_folds,
 )
-from nucleisam.metrics import MetricAccumulator
-from nucleisam.model import build_model, save_adapter
-from nucleisam.model.inference import predict_maps, resolve_device
-from nucleisam.postprocess import PostprocessConfig, labels_from_maps, tune_postprocess
-from nucleisam.train.config import Config, load_run_config
-from nucleisam.train.dataset import SampleCache, TileData, TrainingDataset
-from nucleisam.train.distributed import DistContext
-from nucleisam.train.loop import CHECKPOINT_DIR, HISTORY_FILE, fit
-from nucleisam.train.state import load_weights_into, seed_everything
 from nucleisam.utils.atomic import ensure_output_dir, write_json_atomic
 from nucleisam.utils.tables import read_rows_csv, write_rows_csv
 
-ADAPTER_FILE = "adapter.safetensors"
+#: Folder of a model trained on all images (``nucleisam train --all``).
+FINAL_DIR = "final"
 
 
-def foreground_components(probability: np.ndarray, threshold: float) -> np.ndarray:
-    """Connected components (8-connectivity) of ``probability > threshold`` as int32 labels."""
-    return connected_components(probability > threshold, connectivity=2).astype(np.int32)
-
-
-def _parameter_counts(model: torch.nn.Module) -> dict[str, int | float]:
-    """Total and trainable counts, the trainable share, and each part's size (report table)."""
-    rows = {row["part"]: row for row in model.parameter_table()}
-    total = rows.pop("total")
-    counts: dict[str, int | float] = {
-        "total": total["parameters"],
-        "trainable": total["trainable"],
-        "trainable_percent": total["trainable_percent"],
-    }
-    counts.update(
-        {f"{part} (trainable {row['trainable']:,})": row["parameters"] for part, row in rows.items()}
+def _no_validation(label: str, val_fraction: float) -> NucleisamError:
+    return NucleisamError(
+        f"{label} has no validation images to select and tune on (too few training images for "
+        f"data.val_fraction={val_fraction}); use more images or a larger data.val_fraction."
     )
-    return counts
 
 
-def _score_maps(
-    tiles: Sequence[TileData], maps: Sequence[Mapping[str, np.ndarray]], postprocess: PostprocessConfig
-) -> dict[str, float]:
-    accumulator = MetricAccumulator()
-    for data, tile_maps in zip(tiles, maps, strict=True):
-        accumulator.update(data.labels, labels_from_maps(dict(tile_maps), postprocess), data.ambiguous)
-    return {name: accumulator.compute().mean[name] for name in REPORT_METRICS}
-
-
-@dataclass
-class FoldSplit:
-    """The samples of one training job; ``test`` is empty for a final model trained on everything."""
-
-    index: int
-    train: list[Sample]
-    val: list[Sample]
-    test: list[Sample]
+def _score_test(
+    method: Method, split: FoldSplit, overlay_dir: Path | None, overlays: int
+) -> MethodScores:
+    """Every report row of ``method`` on the test images, with and without the vague areas; the
+    first ``overlays`` test tiles get a contour overlay of the primary row in ``overlay_dir``."""
+    scores = MethodScores()
+    budget = overlays if overlay_dir is not None else 0
+    for start in range(0, len(split.test), method.batch_size):
+        chunk = split.test[start : start + method.batch_size]
+        tiles = [load_tile(sample) for sample in chunk]
+        predictions = method.segment_all([tile.image for tile in tiles])
+        for sample, tile, rows in zip(chunk, tiles, predictions, strict=True):
+            for name, prediction in rows.items():
+                scores.update(name, sample, tile.labels, prediction, tile.ambiguous)
+            if budget > 0 and overlay_dir is not None:
+                path = overlay_dir / f"fold{split.index}_{sample.stem}.png"
+                write_overlay(path, tile.image, tile.labels, rows[method.primary])
+                budget -= 1
+    return scores
 
 
 def run_fold(
-    config: Config,
+    method: Method,
     split: FoldSplit,
     directory: Path,
     *,
-    cache: SampleCache,
-    resume: bool,
-    context: DistContext,
+    resume: bool = False,
     overlay_dir: Path | None = None,
     overlays: int = 2,
     log: Log = print,
-) -> dict[str, Any]:
-    """Train, select, tune and (when ``split.test``) evaluate one fold; returns its metrics dict."""
+) -> dict[str, Any] | None:
+    """Fit, tune and (when ``split.test``) score one fold into ``directory``; returns its
+    ``metrics.json`` dict (None in a process other than the main one)."""
     started = time.perf_counter()
     label = f"fold {split.index}"
     if not split.val:
-        raise NucleisamError(
-            f"{label} has no validation images (too few training images for data.val_fraction="
-            f"{config.data.val_fraction}); use more images or a larger data.val_fraction."
-        )
-    # A fresh, identically seeded model per fold: nothing learnt in one fold reaches the next.
-    seed_everything(config.train.seed)
-    model = build_model(config.model)
-    parameters = _parameter_counts(model)
-    augment = Augmenter() if config.train.augment else None
-    train_set = TrainingDataset(
-        split.train, cache, augment=augment, seed=config.train.seed + 1000 * split.index
-    )
-    cache.prefill(split.train + split.val)
-    val_tiles = [cache.get(s) for s in split.val]
-    device = context.device
-    batch = config.train.eval_batch_size
-    precision = "auto" if config.train.amp else "fp32"
-
-    def validate(current: torch.nn.Module) -> dict[str, float]:
-        maps = predict_maps(
-            current, [t.image for t in val_tiles], device=device, batch_size=batch, precision=precision
-        )
-        return _score_maps(val_tiles, maps, config.postprocess)
-
-    result = fit(
-        model,
-        train_set,
-        config.train,
-        out_dir=directory,
-        validate=validate,
-        resume=resume,
-        context=context,
-        label=label,
-        log=log,
-    )
-    if not context.is_main:
-        return {}
-    assert result.best_weights is not None
-    load_weights_into(model, result.best_weights)
-    model.to(device)
-
-    val_maps = predict_maps(
-            model, [t.image for t in val_tiles], device=device, batch_size=batch, precision=precision
-        )
-    tuning = tune_postprocess(
-        [(maps, t.labels, t.ambiguous) for maps, t in zip(val_maps, val_tiles, strict=True)],
-        config=config.postprocess,
-        metric=config.train.select_metric,
-    )
-    tuned = tuning.config
-    tuned_val = _score_maps(val_tiles, val_maps, tuned)
-    log(
-        f"{label}: post-processing tuned on {len(val_tiles)} validation images: mean AJI "
-        f"{result.best_score:.4f} → {tuned_val['aji']:.4f}"
-    )
-
-    fold_metrics: dict[str, Any] = {
+        raise _no_validation(label, method.config.data.val_fraction)
+    fitted = method.fit(split, directory, resume=resume, log=log)
+    if not method.processes.is_main:
+        return None
+    record: dict[str, Any] = {
         "fold": split.index,
         "n_train": len(split.train),
         "n_val": len(split.val),
         "n_test": len(split.test),
-        "best_epoch": result.best_epoch,
-        "best_val": result.best_score,
-        "val_tuned": tuned_val,
-        "postprocess": to_dict(tuned),
-        "parameters": parameters,
+        **fitted.record,
     }
+    record.update(method.tune(split.val, log=lambda line: log(f"{label}: {line}")))
     if split.test:
-        scores = MethodScores()
-        # The classical baseline (no model), tuned on the same validation images with the same search.
-        classical = tune_classical(
-            [(t.image, t.labels, t.ambiguous) for t in val_tiles], metric=config.train.select_metric
-        )
-        log(
-            f"{label}: classical baseline tuned on the validation images: mean {classical.metric} "
-            f"{classical.start_score:.4f} → {classical.score:.4f}"
-        )
-        threshold = float(tuned.foreground_threshold)
-        overlay_budget = overlays if overlay_dir is not None else 0
-        for start in range(0, len(split.test), batch):
-            chunk = split.test[start : start + batch]
-            tiles = [cache.get(s) for s in chunk]
-            maps = predict_maps(
-                model, [t.image for t in tiles], device=device, batch_size=batch, precision=precision
-            )
-            for sample, data, tile_maps in zip(chunk, tiles, maps, strict=True):
-                watershed = labels_from_maps(tile_maps, tuned)
-                components = foreground_components(tile_maps["foreground"], threshold)
-                baseline = classical_instances(data.image, classical.config)
-                for method, prediction in (
-                    ("watershed", watershed),
-                    ("connected_components", components),
-                    ("classical", baseline),
-                ):
-                    scores.update(method, sample, data.labels, prediction, data.ambiguous)
-                if overlay_budget > 0 and overlay_dir is not None:
-                    write_overlay(
-                        overlay_dir / f"fold{split.index}_{sample.stem}.png",
-                        data.image,
-                        data.labels,
-                        watershed,
-                    )
-                    overlay_budget -= 1
+        scores = _score_test(method, split, overlay_dir, overlays)
         write_rows_csv(directory / PER_IMAGE_FILE, scores.rows)
-        fold_metrics["test"] = scores.compute()
-        fold_metrics["classical_params"] = to_dict(classical.config)
-
-    adapter_meta = {
-        "postprocess": to_dict(tuned),
-        "training": {
-            "fold": split.index,
-            "best_epoch": result.best_epoch,
-            "select_metric": config.train.select_metric,
-            "best_val": result.best_score,
-        },
-    }
-    save_adapter(model, directory / ADAPTER_FILE, extra_metadata=adapter_meta)
-    fold_metrics["seconds"] = time.perf_counter() - started
-    # metrics.json is the "fold finished" mark; the checkpoint is no longer needed after it.
-    write_json_atomic(directory / FOLD_METRICS_FILE, fold_metrics)
-    shutil.rmtree(directory / CHECKPOINT_DIR, ignore_errors=True)
-    return fold_metrics
+        record["test"] = scores.compute()
+        aji = record["test"][method.primary]["vague_excluded"]["mean"]["aji"]
+        log(f"{label}: {len(split.test)} test images scored, mean AJI {aji:.4f} (vague areas excluded)")
+    method.save(directory)
+    record["seconds"] = time.perf_counter() - started
+    # metrics.json marks the fold finished; the method's working state is no longer needed after it.
+    write_json_atomic(directory / FOLD_METRICS_FILE, record)
+    if fitted.scratch is not None:
+        shutil.rmtree(fitted.scratch, ignore_errors=True)
+    return record
 
 
 # -- the run folder ---------------------------------------------------------------------------------
 
-#: Options that change how a run executes, not what it computes: they may differ on --resume.
-RUNTIME_KEYS = {"train.num_workers", "train.progress", "train.device", "data.cache", "data.cache_dir"}
-
 
 @dataclass
 class RunSetup:
-    """What every command of this module needs before training: the folder, config, data and folds."""
+    """What a run needs before its first fold: the folder, the configuration saved there, the data
+    and the folds (None for a final model)."""
 
     out: Path
-    config: Config
+    config: Any
     samples: list[Sample]
     manifest: FoldManifest | None
 
 
+def with_manifest_folds(config: Any, manifest: FoldManifest) -> Any:
+    """``config`` with the fold parameters of ``manifest``, so config.yaml describes the folds used."""
+    data = dataclasses.replace(
+        config.data,
+        k=manifest.k,
+        seed=manifest.seed,
+        group=manifest.group,
+        val_fraction=manifest.val_fraction,
+        val_seed=manifest.val_seed,
+    )
+    return dataclasses.replace(config, data=data)
+
+
 def prepare_run(
-    config: Config,
-    out_dir: str | Path,
+    method: Method,
+    out_dir: str | os.PathLike[str],
     *,
-    resume: bool,
-    context: DistContext,
+    folds: str | os.PathLike[str] | None = None,
+    resume: bool = False,
     with_folds: bool = True,
     log: Log = print,
 ) -> RunSetup:
-    """Check the run folder, open the data, make or reload the folds, then create the folder and save
-    ``config.yaml`` and ``folds.json`` (nothing is written when the data or options are wrong)."""
-    out = Path(out_dir)
-    check_run_folder(out, config, resume=resume, load_saved=load_run_config, runtime_keys=RUNTIME_KEYS)
-    folds_path = out / FOLDS_FILE
-    samples, manifest = open_run_data(config.data, folds_path if with_folds else None, log=log)
-    context.barrier()  # every process has checked the folder before rank 0 writes into it
+    """Check the run folder, open the data, make, load (``folds``) or reload the folds, then create the
+    folder and save ``config.yaml`` and ``folds.json``; nothing is written when anything is wrong.
+
+    ``folds`` is an existing manifest (e.g. another run's ``folds.json``) whose fold parameters
+    replace those of the method's configuration; a resumed run keeps its own ``folds.json``.
+    """
+    out, config = Path(out_dir), method.config
+    given = FoldManifest.load(folds) if folds is not None else None
+    if given is not None:
+        config = with_manifest_folds(config, given)
+    check_run_folder(out, config, resume=resume)
+    saved = out / FOLDS_FILE
+    source = Path(folds) if folds is not None and not saved.exists() else saved
+    samples, manifest = open_run_data(config.data, source if with_folds else None, log=log)
+    if given is not None and manifest is not None and manifest.to_dict() != given.to_dict():
+        raise NucleisamError(
+            f"fold manifest {folds} (folds) differs from the folds of the run in {out} ({saved}); "
+            "resume without it, or start a new run in another output folder (out)."
+        )
+    unvalidated = [fold.index for fold in manifest.folds if not fold.val] if manifest is not None else []
+    if unvalidated:
+        raise _no_validation(f"fold {unvalidated[0]}", config.data.val_fraction)
+    method.check()
+    method.processes.barrier()  # every process has checked the folder before the main one writes
     ensure_output_dir(out)
-    if context.is_main and manifest is not None and not folds_path.exists():
-        manifest.save(folds_path)
-    if context.is_main:
+    if method.processes.is_main:
+        if manifest is not None and not saved.exists():
+            manifest.save(saved)
         save_config(config, out / CONFIG_FILE)
     return RunSetup(out, config, samples, manifest)
 
 
-def make_cache(config: Config, out: Path) -> SampleCache:
-    directory = Path(config.data.cache_dir) if config.data.cache_dir else out / "cache"
-    return SampleCache(config.data.cache, directory if config.data.cache == "disk" else None)
-
-
-def run_cv(
-    config: Config,
-    out_dir: str | Path,
-    *,
-    resume: bool = False,
-    only_folds: Sequence[int] | None = None,
-    command: str = "",
-    notes: Sequence[str] = (),
-    context: DistContext | None = None,
-    log: Log = print,
-) -> dict[str, Any]:
-    """Cross-validate ``config`` into ``out_dir``; returns the summary (also ``summary.json``)."""
+def _check_folds_exist(only_folds: Sequence[int] | None, k: int) -> None:
     for index in only_folds or ():
-        if not 0 <= index < config.data.k:
-            raise NucleisamError(f"--fold {index} does not exist: folds are 0–{config.data.k - 1} (data.k).")
-    context = context or DistContext(device=_device(config))
-    setup = prepare_run(config, out_dir, resume=resume, context=context, log=log)
+        if not 0 <= index < k:
+            raise NucleisamError(f"fold {index} does not exist (only_folds): folds are 0–{k - 1} (data.k).")
+
+
+def _run_folds(
+    method: Method,
+    setup: RunSetup,
+    *,
+    only_folds: Sequence[int] | None,
+    resume: bool,
+    overlays: int,
+    log: Log,
+) -> list[dict[str, Any]]:
+    """Run the wanted unfinished folds; returns the ``metrics.json`` dicts of every finished fold."""
     assert setup.manifest is not None
-    out = setup.out
-    cache = make_cache(config, out)
-    wanted = list(range(len(setup.manifest.folds))) if only_folds is None else list(only_folds)
-    overlay_dir = out / OVERLAY_DIR
+    folds = setup.manifest.folds
+    wanted = range(len(folds)) if only_folds is None else only_folds
     results: list[dict[str, Any]] = []
-    for index, fold in enumerate(setup.manifest.folds):
-        directory = fold_dir(out, index)
-        finished = load_fold_metrics(out, index)
+    for index, fold in enumerate(folds):
+        directory = fold_dir(setup.out, index)
+        finished = load_fold_metrics(setup.out, index)
         if finished is not None:
             if index in wanted:
                 log(f"fold {index}: finished earlier, not redone ({directory / FOLD_METRICS_FILE})")
@@ -324,88 +226,100 @@ def run_cv(
         if index not in wanted:
             continue
         split = FoldSplit(
-            index,
-            fold.select(setup.samples, "train"),
-            fold.select(setup.samples, "val"),
-            fold.select(setup.samples, "test"),
+            index, *(fold.select(setup.samples, part) for part in ("train", "val", "test"))
         )
         log(
             f"fold {index}: {len(split.train)} training, {len(split.val)} validation, "
             f"{len(split.test)} test images"
         )
         metrics = run_fold(
-            config,
+            method,
             split,
             directory,
-            cache=cache,
             resume=resume,
-            context=context,
-            overlay_dir=overlay_dir,
+            overlay_dir=setup.out / OVERLAY_DIR,
+            overlays=overlays,
             log=log,
         )
-        if context.is_main:
+        if metrics is not None:
             results.append(metrics)
-        context.barrier()
-    if not context.is_main:
-        return {}
-    results.sort(key=lambda r: r["fold"])
-    summary = summarize(
+        method.processes.barrier()
+    return sorted(results, key=lambda r: r["fold"])
+
+
+def _write_summary(
+    method: Method, setup: RunSetup, results: list[dict[str, Any]], *, command: str, notes: Sequence[str]
+) -> dict[str, Any]:
+    """``summary.json`` and ``report.md`` (with ``curves.png`` and the overlays) of the finished folds."""
+    assert setup.manifest is not None
+    out = setup.out
+    summary = summarize_folds(
         results,
         read_per_image(out, results),
-        k=config.data.k,
-        select_metric=config.train.select_metric,
+        k=setup.manifest.k,
+        select_metric=method.select_metric,
         command=command,
         n_images=len(setup.samples),
+        primary_method=method.primary,
         notes=notes,
     )
     write_json_atomic(out / SUMMARY_FILE, summary)
-    histories = {r["fold"]: read_rows_csv(fold_dir(out, r["fold"]) / HISTORY_FILE) for r in results}
-    figures = [plot_curves(histories, out / "curves.png", metric=config.train.select_metric).name]
-    figures += sorted(f"{OVERLAY_DIR}/{p.name}" for p in overlay_dir.glob("*.png"))
+    figures: list[str] = []
+    if method.history_file is not None:
+        histories = {
+            r["fold"]: read_rows_csv(fold_dir(out, r["fold"]) / method.history_file) for r in results
+        }
+        figures.append(plot_curves(histories, out / "curves.png", metric=method.select_metric).name)
+    figures += sorted(f"{OVERLAY_DIR}/{path.name}" for path in (out / OVERLAY_DIR).glob("*.png"))
     write_report(summary, out, figures=figures)
     return summary
 
 
-def _device(config: Config) -> torch.device:
-    return resolve_device(config.train.device)
+def run_cv(
+    method: Method,
+    out_dir: str | os.PathLike[str],
+    *,
+    folds: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    only_folds: Sequence[int] | None = None,
+    command: str = "",
+    notes: Sequence[str] = (),
+    overlays: int = 2,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Cross-validate ``method`` into ``out_dir``; returns the summary (also ``summary.json``; an
+    empty dict in a process other than the main one).
+
+    ``folds`` reuses a fold manifest (see :func:`prepare_run`); ``only_folds`` runs just those folds
+    (the summary covers every finished one); ``notes`` are printed at the top of the report.
+    """
+    _check_folds_exist(only_folds, method.config.data.k)
+    setup = prepare_run(method, out_dir, folds=folds, resume=resume, log=log)
+    results = _run_folds(method, setup, only_folds=only_folds, resume=resume, overlays=overlays, log=log)
+    if not method.processes.is_main:
+        return {}
+    return _write_summary(method, setup, results, command=command, notes=notes)
 
 
 def train_final(
-    config: Config,
-    out_dir: str | Path,
-    *,
-    resume: bool = False,
-    context: DistContext | None = None,
-    log: Log = print,
+    method: Method, out_dir: str | os.PathLike[str], *, resume: bool = False, log: Log = print
 ) -> Path:
-    """Train one model on all images (validation split held out for selection and tuning)."""
-    from nucleisam.data.folds import stratified_validation
-
-    context = context or DistContext(device=_device(config))
-    setup = prepare_run(config, out_dir, resume=resume, context=context, with_folds=False, log=log)
+    """Fit and tune ``method`` on all images, a validation split (stratified by organ) held out for
+    selection and tuning; returns the folder of its artefacts (``final/``)."""
+    setup = prepare_run(method, out_dir, resume=resume, with_folds=False, log=log)
+    data = setup.config.data
     samples = sorted(setup.samples, key=lambda s: s.stem)
-    rng = np.random.default_rng([config.data.val_seed, 0])
     val_idx = set(
         stratified_validation(
-            range(len(samples)), [s.group for s in samples], fraction=config.data.val_fraction, rng=rng
+            range(len(samples)),
+            [s.group for s in samples],
+            fraction=data.val_fraction,
+            rng=np.random.default_rng([data.val_seed, 0]),
         )
     )
-    split = FoldSplit(
-        0,
-        [s for i, s in enumerate(samples) if i not in val_idx],
-        [s for i, s in enumerate(samples) if i in val_idx],
-        [],
-    )
-    directory = setup.out / "final"
-    finished = directory / FOLD_METRICS_FILE
-    if not finished.is_file():
-        run_fold(
-            config,
-            split,
-            directory,
-            cache=make_cache(config, setup.out),
-            resume=resume,
-            context=context,
-            log=log,
-        )
-    return directory / ADAPTER_FILE
+    train = [s for i, s in enumerate(samples) if i not in val_idx]
+    split = FoldSplit(0, train, [s for i, s in enumerate(samples) if i in val_idx], [])
+    directory = setup.out / FINAL_DIR
+    if not (directory / FOLD_METRICS_FILE).is_file():
+        run_fold(method, split, directory, resume=resume, log=log)
+    return directory

@@ -1,29 +1,29 @@
-"""The folder of a cross-validation run, shared by ``nucleisam cv`` and ``nucleisam baseline``.
+"""The folder of a cross-validation run, whatever the method (``nucleisam cv``, ``nucleisam baseline``).
 
 Layout (README, "Outputs of a run"): ``config.yaml`` (the resolved configuration), ``folds.json``,
 per fold ``fold_<i>/per_image.csv`` and ``fold_<i>/metrics.json`` (written last: it marks the fold
 finished, so a resumed run skips it), then ``summary.json``, ``report.md`` and ``overlays/``.
 
-This module holds what both runners need and no model: the per-method scoring of a fold's test
-images (:class:`MethodScores`), the summary over folds (:func:`summarize`, layout in
-:mod:`nucleisam.experiments.report`), and the checks made before anything is written
-(:func:`check_run_folder`, :func:`open_run_data`).
+This module holds the runner's (:mod:`nucleisam.experiments.cv`) bookkeeping and no model: the
+per-method scoring of a fold's test images (:class:`MethodScores`), the summary over folds
+(:func:`summarize_folds`, layout in :mod:`nucleisam.experiments.report`), and the checks made before
+anything is written (:func:`check_run_folder`, :func:`open_run_data`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from nucleisam import __version__
-from nucleisam.config import to_dict
-from nucleisam.data.config import DataConfig
+from nucleisam.config import DataConfig, load_config, to_dict
 from nucleisam.data.datasets import Sample, open_dataset
 from nucleisam.data.folds import FoldManifest, make_folds
+from nucleisam.data.summary import check_samples, usable_dataset
 from nucleisam.errors import NucleisamError
 from nucleisam.experiments.report import REPORT_METRICS, mean_std
 from nucleisam.metrics import MetricAccumulator
@@ -62,6 +62,11 @@ FOLD_SUMMARY_KEYS = (
     "val_tuned",
     "classical_params",
     "seconds",
+)
+
+#: Options that change how a run executes, not what it computes: they may differ on --resume.
+RUNTIME_KEYS = frozenset(
+    {"train.num_workers", "train.progress", "train.device", "data.cache", "data.cache_dir"}
 )
 
 Log = Callable[[str], None]
@@ -124,7 +129,7 @@ def read_per_image(out_dir: Path, folds: Sequence[Mapping[str, Any]]) -> list[di
     ]
 
 
-def summarize(
+def summarize_folds(
     folds: Sequence[Mapping[str, Any]],
     per_image: Sequence[Mapping[str, Any]],
     *,
@@ -201,56 +206,55 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def check_run_folder(
-    out_dir: Path,
-    config: Any,
-    *,
-    resume: bool,
-    load_saved: Callable[[Path], Any],
-    runtime_keys: Collection[str] = (),
-) -> None:
+def check_run_folder(out_dir: Path, config: Any, *, resume: bool) -> None:
     """A folder already holding a run (its ``config.yaml``) is only continued with ``resume`` and a
-    configuration equal to the saved one (``load_saved(path)``), apart from ``runtime_keys`` (dotted
-    keys that change how a run executes, not what it computes)."""
+    configuration (a config dataclass) equal to the saved one, apart from :data:`RUNTIME_KEYS`."""
     path = out_dir / CONFIG_FILE
     if not path.exists():
         return
     if not resume:
         raise NucleisamError(
-            f"{out_dir} already holds a run ({CONFIG_FILE}); continue it with --resume or choose another "
-            "--out."
+            f"{out_dir} already holds a run ({CONFIG_FILE}); continue it (resume) or choose another output "
+            "folder (out)."
         )
-    old, new = _flatten(to_dict(load_saved(path))), _flatten(to_dict(config))
-    changed = sorted(k for k in old.keys() | new.keys() if k not in runtime_keys and old.get(k) != new.get(k))
+    old, new = _flatten(to_dict(load_config(type(config), path))), _flatten(to_dict(config))
+    changed = sorted(k for k in old.keys() | new.keys() if k not in RUNTIME_KEYS and old.get(k) != new.get(k))
     if changed:
         details = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed[:6])
         raise NucleisamError(
-            f"--resume: the configuration differs from the run's {path} ({details}). Resume with the same "
-            "options (e.g. --config of that file), or start a new run in another --out folder."
+            f"cannot resume (resume): the configuration differs from the run's {path} ({details}). Resume "
+            "with the same options, e.g. that file as the configuration (config), or start a new run in "
+            "another output folder (out)."
         )
 
 
 def open_run_data(
     data: DataConfig, folds_path: Path | None, *, log: Log = print
 ) -> tuple[list[Sample], FoldManifest | None]:
-    """Open the data of ``data`` (problems logged as warnings) and its folds: the manifest at
-    ``folds_path`` when that file exists (it must match the data), else new folds from ``data``'s
-    k/seed/group/val_fraction/val_seed; no folds when ``folds_path`` is None."""
+    """Open the data of ``data`` and its folds: the manifest at ``folds_path`` when that file exists
+    (it must match the data), else new folds from ``data``'s k/seed/group/val_fraction/val_seed; no
+    folds when ``folds_path`` is None.
+
+    Every image, label map and vague mask is decoded once here, before the run writes anything: a
+    half-written file is a problem now, not a crash after the first fold. Problems are logged as
+    warnings and their samples left out (``data.strict``: an error).
+    """
     if data.root is None and data.images is None:
         raise NucleisamError(
-            "no data: pass --data ROOT (or --images DIR --masks DIR, or set data.root / data.images in the "
-            "config)."
+            "no data: set data.root (a NuInsSeg-layout folder), or data.images with data.masks (folders "
+            "of images and label maps)."
         )
     dataset = open_dataset(
         data.root, images=data.images, masks=data.masks, binary_masks=data.binary_masks, strict=data.strict
     )
+    dataset = usable_dataset(dataset, check_samples(dataset.samples), strict=data.strict)
     for problem in dataset.problems:
         log(f"warning: {problem}")
     samples = list(dataset.samples)
     if not samples:
         raise NucleisamError(
             f"no usable images in the data ({len(dataset.problems)} problem(s) listed above); fix them or "
-            "point --data at another folder."
+            "point data.root at another folder."
         )
     if folds_path is None:
         return samples, None

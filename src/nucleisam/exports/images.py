@@ -57,14 +57,14 @@ NUCLEUS_CLASS = ("Nucleus", (0, 200, 80))
 _UUID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/nucleisam/nucleisam/nucleus")
 
 
-def parse_formats(text: str | Sequence[str], *, option: str = "--formats") -> tuple[str, ...]:
+def parse_formats(text: str | Sequence[str], *, option: str = "formats") -> tuple[str, ...]:
     """Parse ``"tiff,geojson"`` (or a sequence of names) into known format names, in order, once each."""
     items = text.split(",") if isinstance(text, str) else list(text)
     names = [item.strip().lower() for item in items if item.strip()]
     unknown = [name for name in names if name not in EXPORT_FORMATS]
     if unknown or not names:
         raise NucleisamError(
-            f"{option}: unknown format(s) {', '.join(unknown) or '(none given)'}; "
+            f"unknown format(s) {', '.join(unknown) or '(none given)'} ({option}); "
             f"choose from {','.join(EXPORT_FORMATS)}."
         )
     return tuple(dict.fromkeys(names))

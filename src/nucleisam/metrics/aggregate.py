@@ -40,7 +40,7 @@ class MetricSummary:
     n_gt: int
     n_pred: int
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (aggregates first, then the per-image table)."""
         return {
             "n_images": self.n_images,

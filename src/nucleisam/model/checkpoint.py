@@ -40,8 +40,8 @@ def _manual_instructions(destination: Path, url: str | None = None) -> str:
     source = f"from {url}" if url else "from that address"
     return (
         f"Download the file by hand {source} (e.g. with a browser on a machine with internet access) and "
-        f"save it as {destination}; or pass --checkpoint PATH (Python: ModelConfig(weights=PATH)) to use "
-        f"a copy elsewhere; or set {HOME_ENV} to the folder that holds {CHECKPOINT_FILENAME}."
+        f"save it as {destination}; or use a copy elsewhere (model.weights); or set {HOME_ENV} to the "
+        f"folder that holds {CHECKPOINT_FILENAME}."
     )
 
 
@@ -160,7 +160,9 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
     if file.is_dir():
         raise NucleisamError(f"checkpoint {file} is a folder; give the path of mobile_sam.pt inside it.")
     if not file.is_file():
-        raise NucleisamError(f"checkpoint {file} does not exist. Give the path to mobile_sam.pt.")
+        raise NucleisamError(
+            f"checkpoint {file} does not exist (model.weights). Give the path to mobile_sam.pt."
+        )
     try:
         with open(file, "rb") as handle:
             head = handle.read(64)

@@ -17,13 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nucleisam.config import DEFAULT_WIDTHS
 from nucleisam.model.mobilesam import EMBED_DIM, EncoderFeatures
 
 #: TinyViT-5M channels at strides 8 and 4.
 STRIDE8_CHANNELS = 128
 STRIDE4_CHANNELS = 64
-#: Decoder widths at strides 16, 8, 4, 2, 1.
-DEFAULT_WIDTHS: tuple[int, int, int, int, int] = (128, 96, 64, 32, 8)
 #: Output channels of the instance head, in order.
 INSTANCE_MAPS: tuple[str, str, str] = ("foreground", "center_distance", "boundary_distance")
 

@@ -19,86 +19,17 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nucleisam.config import LoraConfig
 from nucleisam.errors import NucleisamError
-
-#: The Linear layers of every TinyViT attention block: 4 per block × 10 blocks = 40 layers.
-BLOCK_TARGETS: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2")
-#: Names accepted in :attr:`LoraConfig.targets`. ``head`` is TinyViT's ImageNet classifier, which
-#: MobileSAM never runs; it is allowed only to reproduce the seed notebook's parameter count.
-KNOWN_TARGETS: tuple[str, ...] = (*BLOCK_TARGETS, "head")
-#: Number of attention blocks in TinyViT-5M (depths 2, 2, 6, 2; the first stage is convolutional).
-NUM_ATTENTION_BLOCKS = 10
 
 _BLOCK_NAME = re.compile(r"(?:^|\.)layers\.(\d+)\.blocks\.(\d+)\.")
 # Attention blocks per TinyViT-5M stage; stage 0 is the convolutional stage (MBConv, no Linear layers).
 _TINYVIT_5M_DEPTHS = (2, 2, 6, 2)
-
-
-@dataclass(frozen=True)
-class LoraConfig:
-    """Where and how large the LoRA adapters are.
-
-    Attributes:
-        rank: inner dimension ``r`` of each adapter (≥ 1).
-        alpha: scaling numerator; the update is multiplied by ``alpha / rank``.
-        dropout: dropout probability on the adapter's input during training (0 disables it).
-        targets: Linear layer names to wrap (last name component): any of ``qkv``, ``proj``, ``fc1``,
-            ``fc2`` and ``head``.
-        blocks: indices (0–9) of the TinyViT attention blocks to adapt, counted over the whole encoder
-            in forward order; ``None`` adapts all ten. ``(6, 7, 8, 9)`` is "late LoRA". The classifier
-            ``head`` is not in a block and is wrapped whenever it is a target.
-    """
-
-    rank: int = 4
-    alpha: float = 4.0
-    dropout: float = 0.0
-    targets: tuple[str, ...] = BLOCK_TARGETS
-    blocks: tuple[int, ...] | None = None
-
-    def __post_init__(self) -> None:
-        # Accept lists (from JSON or YAML) but store tuples so the config stays hashable and comparable.
-        object.__setattr__(self, "targets", tuple(self.targets))
-        if self.blocks is not None:
-            object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
-        if not isinstance(self.rank, int) or self.rank < 1:
-            raise NucleisamError(f"LoRA rank must be a positive integer, got {self.rank!r}.")
-        if not self.alpha > 0:
-            raise NucleisamError(f"LoRA alpha must be positive, got {self.alpha!r}.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise NucleisamError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}.")
-        unknown = sorted(set(self.targets) - set(KNOWN_TARGETS))
-        if unknown or not self.targets:
-            raise NucleisamError(
-                f"LoRA targets {list(self.targets)} are not valid: choose from {', '.join(KNOWN_TARGETS)}."
-            )
-        if self.blocks is not None:
-            bad = [b for b in self.blocks if not 0 <= b < NUM_ATTENTION_BLOCKS]
-            if bad or not self.blocks:
-                raise NucleisamError(
-                    f"LoRA blocks {list(self.blocks)} are not valid: give indices "
-                    f"0–{NUM_ATTENTION_BLOCKS - 1} of the TinyViT attention blocks (6 7 8 9: the last four)."
-                )
-
-    @property
-    def scale(self) -> float:
-        """Multiplier of the low-rank update, ``alpha / rank``."""
-        return self.alpha / self.rank
-
-    def to_dict(self) -> dict[str, object]:
-        """JSON-friendly form (lists instead of tuples)."""
-        return {
-            "rank": self.rank,
-            "alpha": self.alpha,
-            "dropout": self.dropout,
-            "targets": list(self.targets),
-            "blocks": None if self.blocks is None else list(self.blocks),
-        }
 
 
 class LoRALinear(nn.Module):
@@ -107,7 +38,7 @@ class LoRALinear(nn.Module):
     Args:
         linear: the layer to adapt. Its ``weight`` and ``bias`` Parameters are taken over as they are
             (same objects, same names) and frozen.
-        rank, alpha, dropout: see :class:`LoraConfig`.
+        rank, alpha, dropout: see :class:`~nucleisam.config.LoraConfig`.
 
     Shapes: input (..., in_features) → output (..., out_features), like the wrapped layer.
     """

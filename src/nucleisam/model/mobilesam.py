@@ -27,27 +27,14 @@ from kornia.models.sam.architecture.prompt_encoder import PromptEncoder
 from kornia.models.sam.architecture.transformer import TwoWayTransformer
 from kornia.models.tiny_vit import TinyViT
 
-from nucleisam.errors import NucleisamError
+from nucleisam.config import ENCODER_STRIDE, check_input_size
 
 #: Per-channel mean and standard deviation of SAM's preprocessing, on the 0–255 scale (RGB order),
 #: from segment-anything's ``Sam.pixel_mean`` / ``Sam.pixel_std``.
 SAM_PIXEL_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
-#: SAM's prompt/mask embedding width and the encoder's total stride.
+#: SAM's prompt/mask embedding width.
 EMBED_DIM = 256
-ENCODER_STRIDE = 16
-#: Smallest input size accepted: the 1/16 embedding is then 8 × 8.
-MIN_INPUT_SIZE = 128
-
-
-def check_input_size(input_size: int) -> int:
-    """Return ``input_size`` if it is a usable model input size, else raise NucleisamError."""
-    if not isinstance(input_size, int) or input_size < MIN_INPUT_SIZE or input_size % ENCODER_STRIDE:
-        raise NucleisamError(
-            f"input size {input_size!r} is not valid (--input-size): use a multiple of {ENCODER_STRIDE} "
-            f"of at least {MIN_INPUT_SIZE}, e.g. 1024 (SAM's convention) or 512 (NuInsSeg tiles' own size)."
-        )
-    return input_size
 
 
 def build_mobilesam(input_size: int = 1024) -> Sam:

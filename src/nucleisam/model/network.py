@@ -21,22 +21,26 @@ parameter counts compare with the seed's.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from nucleisam.config import ModelConfig
 from nucleisam.errors import NucleisamError
-from nucleisam.model.checkpoint import file_sha256, find_checkpoint, load_state_dict_file, load_strict
-from nucleisam.model.heads import DEFAULT_WIDTHS, INSTANCE_MAPS, InstanceHead
-from nucleisam.model.lora import KNOWN_TARGETS, LoraConfig, apply_lora, lora_layers
+from nucleisam.model.checkpoint import (
+    compare_state_dict,
+    file_sha256,
+    find_checkpoint,
+    load_state_dict_file,
+    load_strict,
+)
+from nucleisam.model.heads import INSTANCE_MAPS, InstanceHead
+from nucleisam.model.lora import apply_lora, lora_layers
 from nucleisam.model.mobilesam import (
     build_mobilesam,
-    check_input_size,
     encode,
     normalize_for_sam,
     prompt_free_mask_logits,
@@ -46,10 +50,6 @@ from nucleisam.model.mobilesam import (
 
 logger = logging.getLogger(__name__)
 
-MODES: tuple[str, ...] = ("lora", "full", "decoder", "seed")
-HEADS: tuple[str, ...] = ("instance", "sam")
-#: The seed notebook's LoRA: r=4, alpha=1 on every encoder Linear layer, classifier included.
-SEED_LORA = LoraConfig(rank=4, alpha=1.0, dropout=0.0, targets=KNOWN_TARGETS, blocks=None)
 #: Names (prefixes inside ``image_encoder``) of TinyViT's ImageNet classifier, never run by MobileSAM.
 CLASSIFIER_PREFIXES: tuple[str, ...] = ("norm_head.", "head.")
 #: Mask decoder parts a prompt-free, single-mask call never runs: the IoU prediction head and the
@@ -62,84 +62,6 @@ UNUSED_DECODER_PREFIXES: tuple[str, ...] = (
 )
 #: ``base_checkpoint_sha256`` of a model whose base weights are random.
 RANDOM_BASE = "random"
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything needed to rebuild the same network.
-
-    Attributes:
-        mode: ``"lora"`` | ``"full"`` | ``"decoder"`` | ``"seed"`` (see the module docstring).
-        head: ``"instance"`` | ``"sam"``; ``None`` picks the mode's default (``"sam"`` for ``seed``,
-            else ``"instance"``).
-        input_size: square model input, a multiple of 16: 1024 is SAM's convention (tiles are
-            resized so their longest side is 1024 and padded), 512 runs NuInsSeg tiles natively.
-        lora: adapter configuration, used by ``lora`` and ``seed``; ``None`` gives ``LoraConfig()``
-            (``SEED_LORA`` for ``seed``, which accepts no other).
-        weights: ``"auto"`` (the cached official checkpoint, downloaded if absent), ``"none"``
-            (random initialisation, with a warning), or the path of a ``mobile_sam.pt``.
-        head_widths: instance head decoder widths at strides 16, 8, 4, 2, 1.
-    """
-
-    mode: str = "lora"
-    head: str | None = None
-    input_size: int = 1024
-    lora: LoraConfig | None = None
-    weights: str = "auto"
-    head_widths: tuple[int, ...] = DEFAULT_WIDTHS
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise NucleisamError(f"unknown mode {self.mode!r} (--mode): choose one of {', '.join(MODES)}.")
-        head = self.head or ("sam" if self.mode == "seed" else "instance")
-        if head not in HEADS:
-            raise NucleisamError(f"unknown head {self.head!r} (--head): choose one of {', '.join(HEADS)}.")
-        lora = self.lora if self.lora is not None else (SEED_LORA if self.mode == "seed" else LoraConfig())
-        if isinstance(lora, dict):
-            lora = LoraConfig(**lora)
-        if self.mode == "seed" and (head != "sam" or lora != SEED_LORA):
-            raise NucleisamError(
-                "mode 'seed' reproduces the seed notebook exactly: SAM head and LoRA r=4, alpha=1 on all 41 "
-                "encoder Linear layers. Leave --head and the LoRA options unset, or use mode 'lora'."
-            )
-        check_input_size(self.input_size)
-        widths = tuple(int(w) for w in self.head_widths)
-        if len(widths) != 5 or any(w < 4 or w % 4 for w in widths):
-            raise NucleisamError(
-                f"head widths {list(self.head_widths)} are not valid: give 5 channel counts (strides 16, 8, "
-                "4, 2, 1), each a positive multiple of 4."
-            )
-        object.__setattr__(self, "head", head)
-        object.__setattr__(self, "lora", lora)
-        object.__setattr__(self, "weights", os.fspath(self.weights))
-        object.__setattr__(self, "head_widths", widths)
-
-    @property
-    def uses_lora(self) -> bool:
-        return self.mode in ("lora", "seed")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form; ``weights`` is left out (the adapter records the checkpoint's sha256)."""
-        assert self.lora is not None
-        return {
-            "mode": self.mode,
-            "head": self.head,
-            "input_size": self.input_size,
-            "lora": self.lora.to_dict() if self.uses_lora else None,
-            "head_widths": list(self.head_widths) if self.head == "instance" else None,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], *, weights: str = "auto") -> ModelConfig:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            mode=data["mode"],
-            head=data["head"],
-            input_size=int(data["input_size"]),
-            lora=LoraConfig(**data["lora"]) if data.get("lora") else None,
-            weights=weights,
-            head_widths=tuple(data.get("head_widths") or DEFAULT_WIDTHS),
-        )
 
 
 class NucleiSam(nn.Module):
@@ -316,7 +238,7 @@ def load_base_weights(weights: str) -> tuple[dict[str, torch.Tensor] | None, str
         message = (
             "nucleisam: building MobileSAM with RANDOM weights (weights='none'): no pretrained knowledge, "
             "results are meaningless until trained from scratch. Use `nucleisam weights download` or "
-            "--checkpoint PATH for the pretrained model."
+            "set model.weights to the path of mobile_sam.pt for the pretrained model."
         )
         warnings.warn(message, UserWarning, stacklevel=3)
         logger.warning(message)
@@ -342,6 +264,22 @@ def assemble_model(
     if state_dict is not None:
         load_strict(base, state_dict, source=source)
     return NucleiSam(config, base=base, base_checkpoint_sha256=base_checkpoint_sha256).eval()
+
+
+def check_base_weights(config: ModelConfig) -> None:
+    """Read the base checkpoint ``config.weights`` names and check its keys and shapes against
+    MobileSAM, without keeping anything: a run calls this before it writes its first file, so a
+    damaged, foreign or missing checkpoint never leaves a half-started run folder behind."""
+    if config.weights == "none":
+        return
+    state, _, source = load_base_weights(config.weights)
+    assert state is not None
+    report = compare_state_dict(build_mobilesam(config.input_size).state_dict(), state)
+    if not report.ok:
+        raise NucleisamError(
+            f"{source} does not match the MobileSAM architecture:\n{report.format()}\n"
+            "Use the official mobile_sam.pt (`nucleisam weights download`) or a state_dict with its keys."
+        )
 
 
 def build_model(config: ModelConfig | None = None) -> NucleiSam:

@@ -11,7 +11,6 @@ from nucleisam.postprocess.tuning import (
     tune_postprocess,
 )
 from nucleisam.postprocess.watershed import (
-    PostprocessConfig,
     fill_holes,
     finish_labels,
     instances_from_foreground,
@@ -24,7 +23,6 @@ from nucleisam.postprocess.watershed import (
 __all__ = [
     "FOREGROUND_SEARCH_SPACE",
     "MAPS_SEARCH_SPACE",
-    "PostprocessConfig",
     "TuningResult",
     "fill_holes",
     "finish_labels",

@@ -18,9 +18,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from nucleisam.config import PostprocessConfig
 from nucleisam.errors import NucleisamError
 from nucleisam.metrics import METRIC_NAMES, image_counts
-from nucleisam.postprocess.watershed import PostprocessConfig, labels_from_maps
+from nucleisam.postprocess.watershed import labels_from_maps
 
 #: Search space for the instance head's maps (foreground + centre + boundary distance).
 MAPS_SEARCH_SPACE: dict[str, tuple[Any, ...]] = {

@@ -17,71 +17,15 @@ image: a batch is a loop of images.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-
 import numpy as np
 from scipy import ndimage
 from skimage.segmentation import watershed
 
+from nucleisam.config import PostprocessConfig, to_dict
 from nucleisam.errors import NucleisamError
 from nucleisam.utils.distance import inner_distance
 
 _EIGHT_CONNECTED = np.ones((3, 3), bool)
-
-
-@dataclass(frozen=True)
-class PostprocessConfig:
-    """Every post-processing parameter, with defaults checked on the spleen tiles (oracle maps, and
-    the same maps blurred and noisy).
-
-    Inputs are probabilities and distances in [0, 1] (after the sigmoid), never logits.
-    """
-
-    #: A pixel is nucleus where the foreground probability is above this.
-    foreground_threshold: float = 0.5
-    #: Instance head: a seed pixel has centre distance below this ...
-    center_threshold: float = 0.3
-    #: ... and boundary distance above this (when the map exists).
-    boundary_threshold: float = 0.5
-    #: Instance head: two touching nuclei stay apart only where the boundary distance (else
-    #: 1 - centre distance) between them dips at least this far below the lower of their peaks;
-    #: shallower splits, e.g. a seed broken up by noise, are merged. In the maps' [0, 1] units.
-    split_depth: float = 0.3
-    #: Binary head: a distance-transform peak must rise this many pixels above its saddle.
-    peak_height: float = 1.0
-    #: Instances with fewer pixels are removed.
-    min_area: int = 10
-    #: Fill holes inside the foreground (pixels enclosed by nuclei) before splitting.
-    fill_holes: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("foreground_threshold", "center_threshold", "boundary_threshold", "split_depth"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise NucleisamError(f"post-processing parameter {name} must lie in [0, 1], got {value}.")
-        if self.peak_height < 0:
-            raise NucleisamError(
-                f"post-processing parameter peak_height must be >= 0 (pixels), got {self.peak_height}."
-            )
-        if int(self.min_area) != self.min_area or self.min_area < 0:
-            raise NucleisamError(
-                f"post-processing parameter min_area must be a whole number >= 0, got {self.min_area}."
-            )
-
-    @classmethod
-    def from_dict(cls, values: dict[str, object]) -> PostprocessConfig:
-        """Build from a dict (e.g. adapter metadata); unknown keys are an error naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise NucleisamError(
-                f"unknown post-processing parameter(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(known))}."
-            )
-        return cls(**values)  # type: ignore[arg-type]
-
-    def to_dict(self) -> dict[str, object]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def _as_map(array: object, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -322,7 +266,7 @@ def labels_from_maps(maps: dict[str, np.ndarray], config: PostprocessConfig | No
     if unknown:
         raise NucleisamError(f"unknown map(s) {', '.join(unknown)}; expected foreground, center_distance, "
                              "boundary_distance.")
-    params = (config or PostprocessConfig()).to_dict()
+    params = to_dict(config or PostprocessConfig())
     return instances_from_maps(
         maps["foreground"], maps.get("center_distance"), maps.get("boundary_distance"), **params
     )

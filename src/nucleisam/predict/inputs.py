@@ -97,5 +97,5 @@ def check_unique_stems(paths: Iterable[Path]) -> None:
         if other != path:
             raise NucleisamError(
                 f"inputs {other} and {path} share the name {output_stem(path)!r}, so their outputs would "
-                "collide; run them separately with different --out folders."
+                "collide; run them separately, each into its own output folder (out)."
             )

@@ -13,7 +13,6 @@ no model and no weights.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -22,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from nucleisam.config import PostprocessConfig
+from nucleisam.data.slides import NUINSSEG_MPP
 from nucleisam.errors import NucleisamError
 from nucleisam.predict.tiling import LabelFn, MapFn, check_tiling, predict_tiled
 
 if TYPE_CHECKING:
     import torch
-
-    from nucleisam.postprocess import PostprocessConfig
 
 
 @dataclass
@@ -54,18 +53,6 @@ class Prediction:
     maps: dict[str, np.ndarray] | None = None
 
 
-def _postprocess_config(metadata: Mapping[str, Any], source: str) -> PostprocessConfig:
-    from nucleisam.postprocess import PostprocessConfig
-
-    params = metadata.get("postprocess") or {}
-    known = {field.name for field in dataclasses.fields(PostprocessConfig)}
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise NucleisamError(
-            f"adapter {source} records post-processing parameters this nucleisam does not know "
-            f"({', '.join(unknown)}); upgrade nucleisam."
-        )
-    return PostprocessConfig(**params)
 
 
 class Predictor:
@@ -78,6 +65,8 @@ class Predictor:
         map_fn: network on a tile batch (``None`` for methods that work from the image alone).
         tile, overlap, batch_size: tiling (see :func:`~nucleisam.predict.tiling.predict_tiled`).
         description: one line naming the method, for logs.
+        mpp: microns per pixel of the images the method was trained or tuned at (``None``: unknown);
+            a slide is read and resampled to this resolution before prediction.
     """
 
     def __init__(
@@ -89,16 +78,18 @@ class Predictor:
         overlap: int = 64,
         batch_size: int = 4,
         description: str = "",
+        mpp: float | None = None,
     ) -> None:
         check_tiling(tile, overlap)
         if batch_size < 1:
-            raise NucleisamError(f"--batch-size {batch_size} must be at least 1.")
+            raise NucleisamError(f"batch_size={batch_size} is not valid: it must be at least 1.")
         self.label_fn = label_fn
         self.map_fn = map_fn
         self.tile = tile
         self.overlap = overlap
         self.batch_size = batch_size
         self.description = description
+        self.mpp = mpp
 
     @classmethod
     def from_model(
@@ -112,13 +103,15 @@ class Predictor:
         overlap: int = 64,
         batch_size: int = 4,
         description: str = "model",
+        mpp: float | None = NUINSSEG_MPP,
     ) -> Predictor:
         """A predictor around a model obeying the NucleiSam contract.
 
-        ``postprocess`` is a :class:`~nucleisam.postprocess.PostprocessConfig` (default: its
+        ``postprocess`` is a :class:`~nucleisam.config.PostprocessConfig` (default: its
         defaults) for :func:`~nucleisam.postprocess.labels_from_maps`, or any ``(maps, image) ->
         labels`` function. ``device`` is ``auto|cpu|cuda[:N]``; ``precision`` follows
-        :func:`nucleisam.model.inference.resolve_precision` (the policy validation uses too).
+        :func:`nucleisam.model.inference.resolve_precision` (the policy validation uses too);
+        ``mpp`` is the model's training resolution (default NuInsSeg's).
         """
         from nucleisam.model.inference import resolve_device, tile_map_fn
 
@@ -126,7 +119,7 @@ class Predictor:
         if callable(postprocess):
             label_fn = postprocess
         else:
-            from nucleisam.postprocess import PostprocessConfig, labels_from_maps
+            from nucleisam.postprocess import labels_from_maps
 
             config = postprocess if postprocess is not None else PostprocessConfig()
 
@@ -134,7 +127,7 @@ class Predictor:
                 return labels_from_maps(dict(maps), config)
 
         return cls(label_fn=label_fn, map_fn=map_fn, tile=tile, overlap=overlap,
-                   batch_size=batch_size, description=description)
+                   batch_size=batch_size, description=description, mpp=mpp)
 
     @classmethod
     def from_adapter(
@@ -150,28 +143,36 @@ class Predictor:
         precision: str = "auto",
     ) -> Predictor:
         """Load a fine-tuned adapter (and its base checkpoint) with the post-processing parameters
-        recorded in it (defaults where none were recorded)."""
-        from nucleisam.model import load_adapter
+        and training resolution recorded in it (defaults where none were recorded)."""
+        from nucleisam.model import (
+            adapter_postprocess,
+            adapter_train_mpp,
+            load_adapter,
+            read_adapter_metadata,
+        )
 
         check_tiling(tile, overlap)
-        model, metadata = load_adapter(path, checkpoint=checkpoint,
-                                       allow_checkpoint_mismatch=allow_checkpoint_mismatch)
-        config = _postprocess_config(metadata, os.fspath(path))
+        # Checked before the network is built: bad parameters fail in milliseconds, not seconds.
+        metadata = read_adapter_metadata(path)
+        config = adapter_postprocess(metadata, path)
+        model, _ = load_adapter(path, checkpoint=checkpoint,
+                                allow_checkpoint_mismatch=allow_checkpoint_mismatch)
         return cls.from_model(
             model, postprocess=config, device=device, precision=precision, tile=tile, overlap=overlap,
-            batch_size=batch_size, description=f"adapter {os.fspath(path)}",
+            batch_size=batch_size, description=f"adapter {os.fspath(path)}", mpp=adapter_train_mpp(metadata),
         )
 
     @classmethod
     def classical(cls, *, tile: int = 512, overlap: int = 64, **params: Any) -> Predictor:
-        """The classical baseline (hematoxylin threshold + watershed), no model or weights;
-        ``params`` go to :func:`nucleisam.classical.classical_instances`."""
-        from nucleisam.classical import classical_instances
+        """The classical baseline (hematoxylin threshold + watershed), no model or weights, at its
+        working resolution; ``params`` go to :func:`nucleisam.classical.classical_instances`."""
+        from nucleisam.classical import CLASSICAL_MPP, classical_instances
 
         def label_fn(maps: Mapping[str, np.ndarray], image: np.ndarray) -> np.ndarray:
             return classical_instances(image, **params)
 
-        return cls(label_fn=label_fn, tile=tile, overlap=overlap, description="classical baseline")
+        return cls(label_fn=label_fn, tile=tile, overlap=overlap, description="classical baseline",
+                   mpp=CLASSICAL_MPP)
 
     def predict(
         self,

@@ -163,12 +163,12 @@ class TileGrid:
 
 
 def check_tiling(tile: int, overlap: int) -> None:
-    """Validate tile size and overlap (CLI options ``--tile`` / ``--overlap``)."""
+    """Validate tile size and overlap (errors name the parameters ``tile`` and ``overlap``)."""
     if tile < 16:
-        raise NucleisamError(f"--tile {tile} is too small; use at least 16 pixels (512 is typical).")
+        raise NucleisamError(f"tile={tile} is too small; use at least 16 pixels (512 is typical).")
     if overlap < 0 or overlap >= tile:
         raise NucleisamError(
-            f"--overlap {overlap} must be ≥ 0 and smaller than --tile {tile}; "
+            f"overlap={overlap} must be ≥ 0 and smaller than tile={tile}; "
             "use about the diameter of the largest nucleus in pixels (64 is typical)."
         )
 
@@ -343,7 +343,7 @@ def predict_tiled(
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}")
     if batch_size < 1:
-        raise NucleisamError(f"--batch-size {batch_size} must be at least 1.")
+        raise NucleisamError(f"batch_size={batch_size} is not valid: it must be at least 1.")
     height, width = image.shape[:2]
     grid = TileGrid.for_image(height, width, tile=tile, overlap=overlap)
     stitcher = InstanceStitcher(grid)

@@ -76,8 +76,8 @@ def _default_targets(labels: np.ndarray) -> dict[str, np.ndarray]:
 
 
 @dataclass(frozen=True)
-class TileData:
-    """One decoded tile: RGB uint8 (H,W,3), int32 labels (H,W), bool vague mask or None, and the
+class DecodedSample:
+    """One decoded sample: RGB uint8 (H,W,3), int32 labels (H,W), bool vague mask or None, and the
     float32 target maps of :data:`TARGET_KEYS`."""
 
     image: np.ndarray
@@ -103,7 +103,7 @@ class SampleCache:
         self.mode = mode
         self.directory = Path(directory) if directory is not None else None
         self.targets_fn = targets_fn or _default_targets
-        self._memory: dict[str, TileData] = {}
+        self._memory: dict[str, DecodedSample] = {}
 
     def _disk_path(self, sample: SampleLike) -> Path:
         """A file name that changes whenever one of the tile's source files changes."""
@@ -117,7 +117,7 @@ class SampleCache:
         assert self.directory is not None
         return self.directory / f"{sample.stem}-{digest.hexdigest()[:16]}.npz"
 
-    def _load(self, sample: SampleLike) -> TileData:
+    def _load(self, sample: SampleLike) -> DecodedSample:
         image = sample.load_image()
         labels = sample.load_labels().astype(np.int32, copy=False)
         ambiguous = sample.load_ambiguous()
@@ -126,14 +126,14 @@ class SampleCache:
             if file.is_file():
                 with np.load(file) as stored:
                     targets = {k: stored[k] for k in TARGET_KEYS}
-                return TileData(image, labels, ambiguous, targets)
+                return DecodedSample(image, labels, ambiguous, targets)
         targets = {k: np.asarray(v, dtype=np.float32) for k, v in self.targets_fn(labels).items()}
         if self.mode == "disk":
             with atomic_output(self._disk_path(sample)) as tmp, open(tmp, "wb") as handle:
                 np.savez_compressed(handle, **{k: targets[k] for k in TARGET_KEYS})
-        return TileData(image, labels, ambiguous, targets)
+        return DecodedSample(image, labels, ambiguous, targets)
 
-    def get(self, sample: SampleLike) -> TileData:
+    def get(self, sample: SampleLike) -> DecodedSample:
         cached = self._memory.get(sample.stem)
         if cached is not None:
             return cached
@@ -153,7 +153,7 @@ class SampleCache:
             self.get(sample)
 
 
-def tile_tensors(data: TileData) -> dict[str, torch.Tensor]:
+def tile_tensors(data: DecodedSample) -> dict[str, torch.Tensor]:
     """Tensors of one tile: ``image`` (3,H,W) float 0–255, each target (1,H,W) float32, ``valid``
     (1,H,W) float32 that is 0 inside vague areas."""
     out = {"image": image_to_tensor(data.image)}
@@ -200,7 +200,7 @@ class TrainingDataset(torch.utils.data.Dataset):
             distances = {k: v for k, v in data.targets.items() if k != "foreground"}
             out = self.augment(data.image, data.labels, data.ambiguous, distances, rng=rng)
             targets = {"foreground": (out.labels > 0).astype(np.float32), **out.maps}
-            data = TileData(out.image, out.labels, out.ambiguous, targets)
+            data = DecodedSample(out.image, out.labels, out.ambiguous, targets)
         return {**tile_tensors(data), "index": index}
 
 

@@ -37,8 +37,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
+from nucleisam.config import TrainConfig
 from nucleisam.errors import NucleisamError
-from nucleisam.train.config import TrainConfig
 from nucleisam.train.dataset import TARGET_KEYS, EpochSampler, pad_collate
 from nucleisam.train.distributed import DistContext
 from nucleisam.train.losses import segmentation_loss
@@ -312,7 +312,7 @@ class Trainer:
             f"{self.label + ': ' if self.label else ''}training loss became {means['loss']} at epoch "
             f"{self.epoch + 1}, optimiser step {self.step + 1}; that step was not applied and {kept}. "
             f"Lower train.lr (now {self.config.lr}), set train.grad_clip, or check the training images "
-            "and masks; then continue with --resume."
+            "and masks; then continue the run (resume)."
         )
 
     def _apply_step(self) -> float:
@@ -368,8 +368,8 @@ class Trainer:
                 path = self.save()
                 self.say(f"stopped at epoch {self.epoch + 1}, batch {position + 1}; saved in {path.parent}")
                 raise TrainingInterrupted(
-                    f"training interrupted; state saved in {path.parent}. Run the same command with --resume "
-                    "to continue.",
+                    f"training interrupted; state saved in {path.parent}. Continue by resuming the run "
+                    "(resume).",
                     path,
                 )
         progress.close()
@@ -444,7 +444,7 @@ class Trainer:
                     if stop.requested:
                         raise TrainingInterrupted(
                             f"training interrupted after epoch {self.epoch}; state saved in {self.ckpt_dir}. "
-                            "Run the same command with --resume to continue.",
+                            "Continue by resuming the run (resume).",
                             self.ckpt_dir / "train_state.pt",
                         )
             except _OOM_ERRORS as exc:

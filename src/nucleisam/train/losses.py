@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from nucleisam.train.config import LossConfig
+from nucleisam.config import LossConfig
 
 #: Keys of the distance maps regressed by the instance head (values in [0, 1]).
 DISTANCE_KEYS = ("center_distance", "boundary_distance")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nucleisam.train.config import TrainConfig
+from nucleisam.config import TrainConfig
 
 
 def build_optimizer(parameters: Iterable[torch.nn.Parameter], config: TrainConfig) -> torch.optim.AdamW:

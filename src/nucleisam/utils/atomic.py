@@ -22,7 +22,7 @@ from typing import Any
 from nucleisam.errors import NucleisamError, describe_os_error, os_error_number
 
 
-def ensure_output_dir(path: str | os.PathLike[str], *, option: str = "--out") -> Path:
+def ensure_output_dir(path: str | os.PathLike[str], *, option: str = "out") -> Path:
     """Create ``path`` (and parents) if needed and check that files can be written in it."""
     directory = Path(path)
     try:
@@ -122,6 +122,6 @@ def check_outputs_free(paths: Iterable[str | os.PathLike[str]], *, overwrite: bo
     for path in paths:
         if Path(path).exists():
             raise NucleisamError(
-                f"output file {path} already exists; pass --overwrite (overwrite=True) to replace it "
-                "or choose another --out folder."
+                f"output file {path} already exists; replace it (overwrite) or write to another output "
+                "folder (out)."
             )

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-import nucleisam.experiments.cv as cv
+import nucleisam.experiments.model_method as model_method
 import nucleisam.train.loop as loop
-from conftest import write_cropped_sample
 from nucleisam.cli import main
-from nucleisam.train.config import load_run_config
+from nucleisam.config import load_run_config
 from nucleisam.train.state import trainable_state
 
 # Random base weights are the point here (no network, no checkpoint); the warning is expected.
@@ -40,10 +40,9 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def small_root(tmp_path_factory: pytest.TempPathFactory, sample_root: Path) -> Path:
+def small_root(cropped_sample: Callable[[int, int], Path]) -> Path:
     """The first four bundled tiles, cropped to their top-left 128×128, in the NuInsSeg layout."""
-    return write_cropped_sample(sample_root, tmp_path_factory.mktemp("small") / "NuInsSeg",
-                                count=4, size=128)
+    return cropped_sample(4, 128)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +50,7 @@ def cv_run(small_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One tiny cv run, recording each fold's initial weights and optimiser."""
     out = tmp_path_factory.mktemp("cv") / "run"
     initial_states, optimizers = [], []
-    real_build, real_optimizer = cv.build_model, loop.build_optimizer
+    real_build, real_optimizer = model_method.build_model, loop.build_optimizer
 
     def recording_build(config):
         model = real_build(config)
@@ -64,7 +63,7 @@ def cv_run(small_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
         return optimizer
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cv, "build_model", recording_build)
+        patch.setattr(model_method, "build_model", recording_build)
         patch.setattr(loop, "build_optimizer", recording_optimizer)
         argv = ["cv", "--data", str(small_root), "--out", str(out)]
         for item in TINY:
@@ -139,7 +138,7 @@ def test_resume_does_not_redo_finished_folds(cv_run: dict, small_root: Path, tmp
     shutil.copytree(cv_run["out"], out)
     shutil.rmtree(out / "fold_1")
     calls = []
-    real_fit = cv.fit
+    real_fit = model_method.fit
 
     def counting_fit(*args, **kwargs):
         calls.append(kwargs["label"])
@@ -149,7 +148,7 @@ def test_resume_does_not_redo_finished_folds(cv_run: dict, small_root: Path, tmp
     for item in TINY:
         argv += ["--set", item]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cv, "fit", counting_fit)
+        patch.setattr(model_method, "fit", counting_fit)
         assert main(argv) == 0
     assert calls == ["fold 1"]
     again = json.loads((out / "summary.json").read_text())
@@ -187,7 +186,7 @@ def test_train_all_writes_a_final_adapter_with_tuned_postprocessing(small_root: 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ([], "no data: pass --data ROOT"),
+        ([], "no data: set data.root (a NuInsSeg-layout folder)"),
         (["--set", "train.epochz=3"], "unknown configuration key 'train.epochz'"),
         (["--set", "model.input_size=100"], "input size 100 is not valid"),
         (["--data", "MISSING"], "MISSING"),
@@ -209,5 +208,24 @@ def test_train_unknown_fold_writes_nothing(
 ) -> None:
     out = tmp_path / "out"
     assert main(["train", "--data", str(small_root), "--out", str(out), "--fold", "5"]) == 2
-    assert "--fold 5 does not exist: folds are 0–4" in capsys.readouterr().err
+    assert "fold 5 does not exist (--fold): folds are 0–4 (--k)." in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_bad_checkpoint_is_refused_before_the_run_folder_exists(
+    small_root: Path, tmp_path: Path, synthetic_checkpoint: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A truncated mobile_sam.pt is named before config.yaml or folds.json are written, so rerunning
+    with the right file is a fresh start, not a refused half-run; a wrong state_dict is caught too."""
+    out = tmp_path / "out"
+    settings = [a for a in TINY if a != "model.weights=none"]
+    overrides = [word for setting in settings for word in ("--set", setting)]
+    base = ["cv", "--data", str(small_root), "--out", str(out), *overrides]
+    truncated = tmp_path / "mobile_sam.pt"
+    truncated.write_bytes(synthetic_checkpoint.read_bytes()[:100_000])
+    assert main([*base, "--set", f"model.weights={truncated}"]) == 2
+    assert "truncated or damaged" in capsys.readouterr().err and not out.exists()
+    foreign = tmp_path / "other.pt"
+    torch.save({"encoder.weight": torch.zeros(3)}, foreign)
+    assert main([*base, "--set", f"model.weights={foreign}"]) == 2
+    assert "does not match the MobileSAM architecture" in capsys.readouterr().err and not out.exists()

@@ -6,25 +6,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
-from PIL import Image
 
 import nucleisam.classical as baseline
 from conftest import SHARED_SPLEEN, requires_shared_data
-from nucleisam.classical import ClassicalConfig, classical_instances
+from nucleisam.classical import classical_instances
+from nucleisam.config import ClassicalConfig
+from nucleisam.data import load_nuinsseg
 from nucleisam.errors import NucleisamError
 from nucleisam.metrics import MetricAccumulator
 from nucleisam.postprocess import split_by_distance_peaks, tune_postprocess
 
 
 def load_tiles(organ: Path) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
-    tiles = []
-    for image_path in sorted((organ / "tissue images").glob("*.png")):
-        labels = tifffile.imread(organ / "label masks modify" / f"{image_path.stem}.tif")
-        vague_path = organ / "vague areas" / "mask binary" / f"{image_path.stem}.png"
-        vague = np.asarray(Image.open(vague_path)) > 0 if vague_path.exists() else None
-        tiles.append((np.asarray(Image.open(image_path).convert("RGB")), labels, vague))
-    return tiles
+    """(image, labels, vague mask) of every tile of an organ folder, read by the data layer."""
+    return [(s.load_image(), s.load_labels(), s.load_ambiguous()) for s in load_nuinsseg(organ).samples]
 
 
 def mean_metrics(tiles, **params) -> dict[str, float]:

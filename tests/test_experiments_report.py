@@ -95,11 +95,96 @@ def test_report_content(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.part"))
 
 
+def _section(text: str, heading: str) -> str:
+    """The report section whose ``## `` heading starts with ``heading`` (up to the next section)."""
+    start = text.index(f"\n## {heading}") + 1
+    end = text.find("\n## ", start)
+    return text[start : end if end >= 0 else None]
+
+
+def _rows(section: str) -> list[list[str]]:
+    """Cells of the Markdown table rows of ``section`` (header included, separator left out)."""
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in section.splitlines()
+        if line.startswith("| ")
+    ]
+    return [row for row in rows if set(row) != {"---"}]
+
+
+@pytest.mark.parametrize(
+    ("heading", "variant"),
+    [
+        ("Test results, vague areas excluded (NucEval convention)", "vague_excluded"),
+        ("Test results, all pixels", "all_pixels"),
+    ],
+)
+def test_results_tables_hold_the_summary_numbers(heading: str, variant: str) -> None:
+    summary = _summary()
+    header, *rows = _rows(_section(render_report(summary), heading))
+    assert header == ["Method", "Dice", "AJI", "AJI+", "PQ", "DQ", "SQ", "mSA"]
+    order = ("watershed", "connected_components", "classical")
+    assert [row[0] for row in rows] == [summary["methods"][name]["label"] for name in order]
+    for row, name in zip(rows, order, strict=True):
+        method = summary["methods"][name]
+        mean, std = method["mean"][variant], method["std"][variant]
+        assert row[1:] == [f"{mean[m]:.3f} ± {std[m]:.3f}" for m in METRICS]
+
+
+def test_per_fold_table_holds_each_folds_numbers() -> None:
+    summary = _summary()
+    section = _section(render_report(summary), "Per fold: model + tuned watershed, vague areas excluded")
+    header, *rows = _rows(section)
+    assert header[:6] == ["Fold", "Train", "Val", "Test", "Best epoch", "Val AJI, best epoch"]
+    per_fold = summary["methods"]["watershed"]["per_fold"]
+    for row, fold, scores in zip(rows, summary["folds"], per_fold, strict=True):
+        assert row[:5] == [str(fold[k]) for k in ("fold", "n_train", "n_val", "n_test", "best_epoch")]
+        assert row[5] == f"{fold['best_val']:.3f}"
+        assert row[6:] == [f"{scores['vague_excluded'][m]:.3f}" for m in METRICS]
+
+
+def test_reference_numbers_are_labelled_as_published() -> None:
+    section = _section(render_report(_summary()), "Published reference numbers (not computed here)")
+    header, *rows = _rows(section)
+    assert header == ["Source", "Data", "Dice", "AJI", "PQ", "Note"]
+    keys = ("source", "dataset", "dice", "aji", "pq", "note")
+    assert rows == [[ref[k] for k in keys] for ref in REFERENCE_RESULTS]
+    assert "Published values are as reported by their authors" in section
+
+
 def test_report_without_optional_parts() -> None:
     summary = _summary()
     del summary["methods"]["classical"], summary["per_organ"], summary["parameters"], summary["notes"]
     text = render_report(summary)
     assert "classical" not in text and "Per organ" not in text and "## Parameters" not in text
+    assert "Figures" not in text and "> " not in text
+    # What remains is complete: both model rows with their numbers, the folds, the references.
+    rows = _rows(_section(text, "Test results, all pixels"))
+    assert [row[:2] for row in rows[1:]] == [
+        ["model + tuned watershed", "0.560 ± 0.010"],
+        ["model + connected components", "0.460 ± 0.010"],
+    ]
+    assert len(_rows(_section(text, "Per fold: model + tuned watershed"))) == 1 + len(summary["folds"])
+    assert all(ref["aji"] in text for ref in REFERENCE_RESULTS)
+
+
+def test_classical_report_shows_tuning_per_fold() -> None:
+    summary = _summary()
+    summary["primary_method"] = "classical"
+    summary["methods"] = {"classical": summary["methods"]["classical"]}
+    for fold in summary["folds"]:
+        del fold["best_epoch"], fold["best_val"]
+        fold.update(val_default=0.3, val_tuned={"aji": 0.35 + 0.01 * fold["fold"]})
+        fold["classical_params"] = {"sigma": 1.0, "min_area": 30}
+    text = render_report(summary)
+    assert text.startswith("# nucleisam classical baseline report\n")
+    assert "No model: nuclei from the hematoxylin optical density" in text and "Best epoch" not in text
+    header, *rows = _rows(_section(text, "Per fold: classical baseline (no model), vague areas excluded"))
+    assert header[:6] == ["Fold", "Train", "Val", "Test", "Val AJI, default", "Val AJI, tuned"]
+    # Validation AJI before and after tuning, then the test Dice of the fold (0.40 + 0.01 × fold).
+    assert [row[4:7] for row in rows] == [["0.300", f"0.{35 + f}0", f"0.{40 + f}0"] for f in range(3)]
+    header, *rows = _rows(_section(text, "Classical baseline parameters tuned per fold"))
+    assert header == ["Fold", "sigma", "min area"] and rows == [[str(f), "1.000", "30"] for f in range(3)]
 
 
 def test_curves_png(tmp_path: Path) -> None:

@@ -12,18 +12,18 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-import nucleisam.experiments.classical_cv as baseline_cv
-from conftest import write_cropped_sample
-from nucleisam.classical import ClassicalConfig, classical_instances
+import nucleisam.experiments.cv as cv
+from nucleisam.classical import classical_instances
 from nucleisam.cli import main
+from nucleisam.config import ClassicalConfig, load_baseline_config
 from nucleisam.data import load_nuinsseg, make_folds
-from nucleisam.experiments.classical_cv import load_baseline_config
 from nucleisam.experiments.report import REPORT_METRICS
 from nucleisam.metrics import evaluate_instances
 from nucleisam.utils.tables import read_rows_csv
@@ -40,10 +40,9 @@ def run(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def small_root(tmp_path_factory: pytest.TempPathFactory, sample_root: Path) -> Path:
+def small_root(cropped_sample: Callable[[int, int], Path]) -> Path:
     """The first three bundled tiles cropped to their top-left 160×160, in the NuInsSeg layout."""
-    return write_cropped_sample(sample_root, tmp_path_factory.mktemp("small") / "NuInsSeg",
-                                count=3, size=160)
+    return cropped_sample(3, 160)
 
 
 def per_image(out: Path, fold: int) -> list[dict]:
@@ -171,16 +170,16 @@ def test_resume_redoes_only_unfinished_folds(run: Path, tmp_path: Path, sample_r
     shutil.rmtree(out / "fold_1")
     (out / "summary.json").unlink()
     redone = []
-    real = baseline_cv.run_baseline_fold
+    real = cv.run_fold
 
-    def counting(config, fold, *args, **kwargs):
-        redone.append(fold.index)
-        return real(config, fold, *args, **kwargs)
+    def counting(method, split, *args, **kwargs):
+        redone.append(split.index)
+        return real(method, split, *args, **kwargs)
 
     argv = ["baseline", "--data", str(sample_root), "--k", "3", "--out", str(out)]
     assert main(argv) == 2  # the folder holds a run: --resume needed
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(baseline_cv, "run_baseline_fold", counting)
+        patch.setattr(cv, "run_fold", counting)
         assert main([*argv, "--resume"]) == 0
     assert redone == [1]
     again = json.loads((out / "summary.json").read_text())
@@ -191,7 +190,8 @@ def test_resume_redoes_only_unfinished_folds(run: Path, tmp_path: Path, sample_r
 def test_runs_without_torch_and_reuses_a_fold_manifest(small_root: Path, tmp_path: Path) -> None:
     """A fresh interpreter: the whole command never imports torch; --folds reuses a manifest."""
     folds = tmp_path / "folds.json"
-    assert main(["data", "folds", str(small_root), "--k", "3", "--seed", "7", "--out", str(folds)]) == 0
+    argv = ["data", "folds", "--data", str(small_root), "--k", "3", "--seed", "7", "--out", str(folds)]
+    assert main(argv) == 0
     out = tmp_path / "run"
     argv = ["baseline", "--data", str(small_root), "--folds", str(folds), "--out", str(out)]
     script = (
@@ -216,12 +216,13 @@ def test_runs_without_torch_and_reuses_a_fold_manifest(small_root: Path, tmp_pat
     [
         (["--data", "MISSING"], "data folder not found"),
         (["--data", "EMPTY"], "is empty"),
-        (["--data", "SMALL", "--k", "1"], "--k must be at least 2"),
+        (["--data", "SMALL", "--k", "1"], "'data.k' must be at least 2 (got 1) (option --k)"),
         (["--data", "SMALL", "--k", "4"], "cannot make k=4 folds from 3 images"),
-        (["--data", "SMALL", "--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),
+        (["--data", "SMALL", "--val-fraction", "1.5"], "must be in (0, 1) (got 1.5) (option --val-fraction)"),
         (["--data", "SMALL", "--folds", "MISSING.json"], "fold manifest not found"),
         (["--data", "SMALL", "--folds", "MISSING.json", "--k", "3"], "--folds FILE fixes the folds"),
-        (["--k", "3"], "no data: pass --data ROOT"),
+        (["--k", "3"], "no data: set data.root (a NuInsSeg-layout folder), or data.images with data.masks "
+                       "(folders of images and label maps) (options --data, --images, --masks)."),
     ],
 )
 def test_bad_input_is_a_clear_error_and_writes_nothing(
@@ -256,3 +257,23 @@ def test_a_fold_manifest_for_other_data_is_refused(
     assert main(["baseline", "--data", str(small_root), "--folds", str(folds), "--out", str(out)]) == 2
     assert "no longer matches the data" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_half_written_image_is_found_before_the_run_writes_anything(
+    sample_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pairing reads headers only; the run decodes every file first, so a truncated PNG is named
+    up front (skipped with a warning, or an error with data.strict) instead of killing fold 2."""
+    png = sample_copy / "human spleen" / "tissue images" / "human_spleen_13.png"
+    png.write_bytes(png.read_bytes()[:2000])
+    strict, config = tmp_path / "strict", tmp_path / "strict.yaml"
+    config.write_text("data:\n  strict: true\n")
+    assert main(["baseline", "--data", str(sample_copy), "--k", "2", "--out", str(strict),
+                 "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "human_spleen_13.png" in err and "strict" in err and not strict.exists()
+    lenient = tmp_path / "lenient"
+    assert main(["baseline", "--data", str(sample_copy), "--k", "2", "--out", str(lenient)]) == 0
+    assert "warning: cannot read image" in capsys.readouterr().out
+    folds = json.loads((lenient / "folds.json").read_text())
+    assert "human_spleen_13" not in json.dumps(folds) and folds["n_samples"] == 5

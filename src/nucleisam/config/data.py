@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from nucleisam.config import require
+from nucleisam.config.core import require
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         require(self.k >= 2, "data.k", "at least 2", self.k)
+        require(0 <= self.seed < 2**32, "data.seed", "in [0, 2**32)", self.seed)
+        require(0 <= self.val_seed < 2**32, "data.val_seed", "in [0, 2**32)", self.val_seed)
         require(0.0 < self.val_fraction < 1.0, "data.val_fraction", "in (0, 1)", self.val_fraction)
         require(
             self.masks is None or self.images is not None, "data.masks", "given with data.images", self.masks

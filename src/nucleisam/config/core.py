@@ -1,11 +1,13 @@
-"""Typed configuration: dataclass trees filled from YAML/TOML files and ``--set key=value`` overrides.
+"""The configuration mechanism: dataclass trees filled from YAML/TOML files and ``--set key=value``.
 
-Every stage keeps its options in a dataclass with defaults. This module turns plain nested dicts
-(parsed from a file or built from overrides) into those dataclasses with strict checking, so that a
-misspelt key or a wrong type fails early with a message naming the key and what is allowed, and
-turns them back into plain dicts for saving next to the results.
+Every section of a run's configuration is a frozen dataclass with defaults (:mod:`nucleisam.config`
+holds them all). This module turns plain nested dicts (parsed from a file, built from overrides or
+read from an adapter's metadata) into those dataclasses with strict checking, so that a misspelt key
+or a wrong type fails early with a message naming the dotted key and what is allowed, and turns them
+back into plain dicts for saving next to the results. Range checks live in each section's
+``__post_init__`` (:func:`require`), so a section built in Python is checked the same way.
 
-Supported field types: ``bool``, ``int``, ``float``, ``str``, ``Literal[...]``, ``X | None``,
+Supported field types: ``bool``, ``int``, ``float`` (finite), ``str``, ``Literal[...]``, ``X | None``,
 ``tuple[X, ...]``, ``tuple[X, Y]``, ``list[X]``, ``dict[str, X]`` and nested dataclasses.
 """
 
@@ -13,11 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import tomllib
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -31,11 +34,20 @@ T = TypeVar("T")
 CONFIG_SUFFIXES = (".yaml", ".yml", ".toml")
 
 
+class ConfigError(NucleisamError):
+    """A configuration value at fault. ``key`` is its dotted key (``model.lora.rank``), so that a
+    front end can name its own way of setting it (the CLI's option) next to the message."""
+
+    def __init__(self, message: str, key: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 def require(condition: bool, key: str, rule: str, value: object) -> None:
-    """Raise :class:`NucleisamError` "configuration key '<key>' must be <rule>" unless ``condition``
+    """Raise :class:`ConfigError` "configuration key '<key>' must be <rule>" unless ``condition``
     (the range checks of every configuration dataclass's ``__post_init__``)."""
     if not condition:
-        raise NucleisamError(f"configuration key '{key}' must be {rule} (got {value!r}).")
+        raise ConfigError(f"configuration key '{key}' must be {rule} (got {value!r}).", key)
 
 
 @functools.cache
@@ -60,10 +72,11 @@ def _type_name(tp: Any) -> str:
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp`` and return it in canonical form."""
 
-    def fail(expected: str | None = None) -> NucleisamError:
-        return NucleisamError(
+    def fail(expected: str | None = None) -> ConfigError:
+        return ConfigError(
             f"configuration key '{key}': got {value!r} ({type(value).__name__}), "
-            f"expected {expected or _type_name(tp)}."
+            f"expected {expected or _type_name(tp)}.",
+            key,
         )
 
     origin = typing.get_origin(tp)
@@ -121,15 +134,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return int(value)
         raise fail("an integer")
     if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        # YAML 1.1 reads "1e-4" (no dot) as a string; accept any string Python reads as a number.
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise fail("a number")
+        return _finite_float(value, fail)
     if tp is str:
         if isinstance(value, str):
             return value
@@ -141,21 +146,42 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise fail()
 
 
+def _finite_float(value: Any, fail: Callable[[str], ConfigError]) -> float:
+    """A finite float from a number, or from a string Python reads as one (YAML 1.1 reads "1e-4",
+    without a dot, as a string); NaN and infinities are refused: no option means either."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise fail("a number")
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        raise fail("a finite number") from None
+    if not math.isfinite(number):
+        raise fail("a finite number")
+    return number
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, prefix: str = "") -> T:
     """Build the dataclass ``cls`` from a (nested) mapping; missing keys keep their defaults.
 
-    Raises :class:`NucleisamError` naming the dotted key for an unknown key (listing the allowed
-    ones) or a value of the wrong type.
+    ``prefix`` is the dotted key of the section (``"model"``), so errors name the full key.
+    Raises :class:`ConfigError` naming the dotted key for an unknown key (listing the allowed
+    ones), a value of the wrong type, or one out of range.
     """
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError(
+            f"configuration section '{prefix or cls.__name__}' must be a mapping of keys to values, "
+            f"not {type(data).__name__}.",
+            prefix,
+        )
     data = dict(data or {})
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     hints = _field_types(cls)
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(str(k) for k in set(data) - set(fields))
     if unknown:
-        where = f"'{prefix}.{unknown[0]}'" if prefix else f"'{unknown[0]}'"
+        where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
         section = f" in section '{prefix}'" if prefix else ""
-        raise NucleisamError(
-            f"unknown configuration key {where}{section}. Allowed keys: {', '.join(fields)}."
+        raise ConfigError(
+            f"unknown configuration key '{where}'{section}. Allowed keys: {', '.join(fields)}.", where
         )
     kwargs = {}
     for name, value in data.items():
@@ -164,7 +190,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, prefix: str = "")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise NucleisamError(f"invalid configuration{f' in {prefix!r}' if prefix else ''}: {exc}") from exc
+        where = f" in {prefix!r}" if prefix else ""
+        raise ConfigError(f"invalid configuration{where}: {exc}", prefix) from exc
 
 
 def to_dict(obj: Any) -> Any:
@@ -184,7 +211,7 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Parse a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file into a dict (empty file → {})."""
     file = Path(path)
     if not file.is_file():
-        raise NucleisamError(f"configuration file not found: {file} (--config).")
+        raise NucleisamError(f"configuration file not found: {file}.")
     suffix = file.suffix.lower()
     if suffix not in CONFIG_SUFFIXES:
         raise NucleisamError(
@@ -193,7 +220,7 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     text = file.read_text(encoding="utf-8")
     try:
         data = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: TOML errors, impossible YAML dates
         raise NucleisamError(f"cannot parse configuration file {file}: {exc}") from exc
     if data is None:
         return {}
@@ -223,7 +250,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise NucleisamError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. train.lr=1e-4.")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: e.g. the date 2024-13-01
         raise NucleisamError(f"--set {text!r}: cannot read the value: {exc}") from exc
     return key.split("."), value
 

@@ -1,22 +1,12 @@
-"""Options of a training / cross-validation run, and the root :class:`Config` that holds every stage's.
-
-A run is fully described by one :class:`Config`: defaults here, updated from a YAML/TOML file
-(``--config``) and ``--set section.key=value`` overrides (see :mod:`nucleisam.config`). The resolved
-tree is saved as ``config.yaml`` in the run folder, so ``--config <run>/config.yaml`` repeats a run.
-"""
+"""The ``train`` section: optimisation, run-time options and loss weights (:mod:`nucleisam.train`)."""
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
-from nucleisam.config import load_config, require
-from nucleisam.data.config import DataConfig
-from nucleisam.model import ModelConfig
-from nucleisam.postprocess import PostprocessConfig
+from nucleisam.config.core import require
 
 
 @dataclass(frozen=True)
@@ -85,6 +75,7 @@ class TrainConfig:
             "train.device", "auto, cpu, cuda or cuda:N", self.device,
         )
         require(self.weight_decay >= 0.0, "train.weight_decay", "≥ 0", self.weight_decay)
+        require(all(0.0 <= b < 1.0 for b in self.betas), "train.betas", "two values in [0, 1)", self.betas)
         require(
             0.0 <= self.warmup_fraction < 1.0, "train.warmup_fraction", "in [0, 1)", self.warmup_fraction
         )
@@ -99,25 +90,6 @@ class TrainConfig:
         if self.grad_clip is not None:
             require(self.grad_clip > 0.0, "train.grad_clip", "> 0 or null (no clipping)", self.grad_clip)
         require(self.grad_accumulation >= 1, "train.grad_accumulation", "at least 1", self.grad_accumulation)
+        require(0 <= self.seed < 2**32, "train.seed", "in [0, 2**32)", self.seed)
         require(self.num_workers >= 0, "train.num_workers", "≥ 0", self.num_workers)
         require(self.validate_every >= 1, "train.validate_every", "at least 1", self.validate_every)
-
-
-@dataclass(frozen=True)
-class Config:
-    """Everything a run needs, one section per stage; each stage owns its section's dataclass."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
-
-
-def load_run_config(
-    path: str | os.PathLike[str] | None = None,
-    overrides: Iterable[str] = (),
-    values: Mapping[str, Any] | None = None,
-) -> Config:
-    """The run configuration: defaults, then the file ``path`` (YAML/TOML), then ``values`` (dotted
-    key → value from CLI options), then ``--set`` overrides."""
-    return load_config(Config, path, overrides, values)

@@ -1,4 +1,4 @@
-"""Configuration tree: files, overrides, type checking, round trip."""
+"""The configuration mechanism: files, overrides, type checking, round trip; the shipped run configs."""
 
 from __future__ import annotations
 
@@ -8,12 +8,31 @@ from typing import Literal
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from nucleisam.config import apply_overrides, from_dict, load_config, save_config, to_dict
+from malformed import JUNK, malformed
+from nucleisam.config import (
+    Config,
+    apply_overrides,
+    from_dict,
+    load_config,
+    load_run_config,
+    save_config,
+    to_dict,
+)
 from nucleisam.errors import NucleisamError
-from nucleisam.train.config import Config, load_run_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _leaf_keys(tree: dict, prefix: str = "") -> list[str]:
+    """Dotted keys of the non-mapping values of a nested dict."""
+    keys = []
+    for name, value in tree.items():
+        key = f"{prefix}{name}"
+        keys += _leaf_keys(value, f"{key}.") if isinstance(value, dict) else [key]
+    return keys
 
 
 @dataclass(frozen=True)
@@ -156,3 +175,23 @@ def test_model_section_resolves_after_overrides() -> None:
     assert config.model.head == "sam" and config.model.lora.alpha == 1.0
     with pytest.raises(NucleisamError, match=r"'model\.lora\.rank'"):
         load_run_config(None, ["model.lora.rank=x"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(malformed(to_dict(Config())), JUNK))
+def test_malformed_config_mappings_raise_nucleisam_error_only(data: object) -> None:
+    try:
+        config = from_dict(Config, data)  # type: ignore[arg-type]
+    except NucleisamError as exc:
+        assert "configuration" in str(exc)
+    else:  # whatever is accepted is a valid tree that survives saving
+        assert from_dict(Config, to_dict(config)) == config
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(_leaf_keys(to_dict(Config())))), st.text(max_size=20))
+def test_any_set_text_gives_a_config_or_a_nucleisam_error(key: str, text: str) -> None:
+    try:
+        load_run_config(None, [f"{key}={text}"])
+    except NucleisamError as exc:
+        assert key in str(exc) or "--set" in str(exc)
