@@ -63,15 +63,15 @@ class MethodSpec:
 
 
 def method_mpp(spec: MethodSpec) -> float:
-    """The resolution (µm per pixel) ``spec`` works at: the one its adapter was trained at, as recorded
-    in it; the NuInsSeg tiles' for the classical baseline, tuned on them."""
-    from nucleisam.data.slides import NUINSSEG_MPP
-
+    """The resolution (µm per pixel) ``spec`` works at: the training resolution its adapter records,
+    or the classical method's (without loading any model)."""
     if spec.kind == "model" and spec.adapter:
-        from nucleisam.model import read_adapter_metadata
+        from nucleisam.model import adapter_train_mpp, read_adapter_metadata
 
-        return float(read_adapter_metadata(spec.adapter).get("mpp") or NUINSSEG_MPP)
-    return NUINSSEG_MPP
+        return adapter_train_mpp(read_adapter_metadata(spec.adapter))
+    from nucleisam.classical import CLASSICAL_MPP
+
+    return CLASSICAL_MPP
 
 
 _PREDICTORS: dict[MethodSpec, Predictor] = {}
