@@ -90,7 +90,8 @@ def random_adapter(folder: Path) -> Path:
     """A randomly initialised NucleiSam (input 512) saved as an adapter: the network's real cost."""
     import torch
 
-    from nucleisam.model import ModelConfig, build_model, save_adapter
+    from nucleisam.config import ModelConfig
+    from nucleisam.model import build_model, save_adapter
 
     torch.manual_seed(0)
     with warnings.catch_warnings():

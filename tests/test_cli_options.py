@@ -41,7 +41,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("demo",): (*MODEL, "overrides", "device", "resume", "out"),
     ("baseline",): (*DATA_SOURCE, *FOLDS, "folds", *CONFIG, "resume", "out"),
     ("predict",): ("mpp", "adapter", "method", "checkpoint", "allow_checkpoint_mismatch", "tile", "overlap",
-                   "batch_size", "device", "out", "formats", "overwrite"),
+                   "batch_size", "device", "tissue", "workers", "scheduler", "chunk_tiles", "out", "formats",
+                   "overwrite"),
 }
 #: Options whose help a command words for itself (what its output folder holds, what its data is).
 OWN_HELP = {"out", "config", "formats", "json"}
@@ -105,7 +106,7 @@ GROUPS = {
     ("data", "folds"): ("data", "folds", "output"),
     ("model", "info"): ("model", "run", "output"),
     ("evaluate",): ("data", "run", "output"),
-    ("predict",): ("data", "model", "run", "output"),
+    ("predict",): ("data", "model", "run", "whole slides", "output"),
     ("demo",): ("model", "run", "output"),
 }
 

@@ -247,7 +247,8 @@ def test_model_slide_path_equals_in_memory_path(tmp_path: Path) -> None:
     """A randomly initialised adapter (input 256) on a small slide: the same nuclei either way."""
     import torch
 
-    from nucleisam.model import ModelConfig, build_model, save_adapter
+    from nucleisam.config import ModelConfig
+    from nucleisam.model import build_model, save_adapter
 
     torch.manual_seed(0)
     with warnings.catch_warnings():

@@ -124,7 +124,7 @@ def check_formats(formats: Sequence[str] | None) -> tuple[str, ...] | None:
     known = tuple(dict.fromkeys(EXPORT_FORMATS + SLIDE_FORMATS))
     unknown = [name for name in names if name not in known]
     if unknown or not names:
-        raise NucleisamError(f"--formats: unknown format(s) {', '.join(unknown) or '(none given)'}; "
+        raise NucleisamError(f"unknown format(s) {', '.join(unknown) or '(none given)'} (formats); "
                              f"choose from {','.join(known)}.")
     return names
 

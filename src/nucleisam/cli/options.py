@@ -102,7 +102,8 @@ OPTIONS: dict[str, Option] = _define(
     Option("--pred", "folder of predicted instance label maps (TIFF/PNG/NPY, 0 = background; a `nucleisam "
            "predict` output folder as it is)", params=("pred_dir",), metavar="DIR", required=True),
     Option("--mpp", "microns per pixel of the images: adds µm² areas to CSV/GeoJSON and the resolution to "
-           "label TIFFs", params=("mpp",), type=float, metavar="MICRONS", default_text="none"),
+           "label TIFFs; for slides, overrides what the file records", params=("mpp",), type=float,
+           metavar="MICRONS", default_text="none"),
     # folds
     Option("--k", "number of cross-validation folds", default=5, key="data.k", params=("k",), type=int,
            metavar="K"),

@@ -26,9 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="images or slides: files, folders (their images), glob patterns (quote them; "
                         "** allowed) or CSV lists of paths")
-    add_option(parser.add_argument_group("data"), "mpp",
-               help="microns per level-0 pixel: overrides what slides record; for images, adds µm² areas "
-               "to CSV/GeoJSON and the resolution to label TIFFs")
+    add_option(parser.add_argument_group("data"), "mpp")
     add_options(parser.add_argument_group("model"), ("adapter", "method", "checkpoint",
                                                       "allow_checkpoint_mismatch"))
     add_options(parser.add_argument_group("run"), ("tile", "overlap", "batch_size", "device"))
@@ -38,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     formats = ",".join(dict.fromkeys(EXPORT_FORMATS + SLIDE_FORMATS))
     add_option(output, "formats", help=f"comma-separated subset of {formats}",
                default_text=f"images {','.join(EXPORT_FORMATS)}; slides {','.join(DEFAULT_SLIDE_FORMATS)}")
-    add_option(output, "overwrite", help="redo every input and replace existing output files")
+    add_option(output, "overwrite")
     parser.set_defaults(handler=run_predict)
 
 
