@@ -97,7 +97,7 @@ OPTIONS: dict[str, Option] = _define(
     Option("--strict", "treat any problem in the data (unpaired or unreadable files) as an error instead of "
            "leaving those tiles out", key="data.strict", params=("strict",), switch=True),
     Option("--vague-masks", "folder of vague (ambiguous) area masks paired by file stem", metavar="DIR",
-           default_text="the data set's own with --data, else none", params=("ambiguous_dir",),
+           default_text="the data set's own with --data, else none", params=("vague_dir",),
            deprecated=("--ambiguous",)),
     Option("--pred", "folder of predicted instance label maps (TIFF/PNG/NPY, 0 = background; a `nucleisam "
            "predict` output folder as it is)", params=("pred_dir",), metavar="DIR", required=True),
@@ -177,7 +177,7 @@ OPTIONS: dict[str, Option] = _define(
     Option("--chunk-tiles", "tiles per side of a slide chunk, the unit of work", default=CHUNK_TILES,
            params=("chunk_tiles",), type=int, metavar="K"),
     Option("--vague-threshold", "an instance with more than this share of its area in a vague (ambiguous) "
-           "area is removed (fraction 0-1; NucEval)", default=0.25, params=("ambiguous_threshold",),
+           "area is removed (fraction 0-1; NucEval)", default=0.25, params=("vague_threshold",),
            type=float, metavar="F", deprecated=("--ambiguous-threshold",)),
     Option("--zone-width", "ignore pixels within this distance of a ground-truth nucleus border (NucEval's "
            "ring; 0 = off)", default=0, params=("zone_width",), type=int, metavar="PX"),
