@@ -47,7 +47,7 @@ def main() -> None:
     dataset = open_dataset(root)
     n = len(dataset)
     sample = dataset[0]
-    image, labels, ambiguous = sample.load_image(), sample.load_labels(), sample.load_ambiguous()
+    image, labels, vague = sample.load_image(), sample.load_labels(), sample.load_vague()
     maps = {"foreground": (labels > 0).astype(np.float32)}
     augment_all = Augmenter(p_hflip=0.5, p_vflip=0.5, p_rot90=0.5, p_scale=1.0, p_stain=1.0, p_blur=1.0)
     augment_default = Augmenter()
@@ -57,14 +57,14 @@ def main() -> None:
         ("open data set (headers only)", n, best_of(3, lambda: open_dataset(root))),
         ("summarise (read all labels + vague masks)", n, best_of(3, lambda: summarize(dataset))),
         ("decode image + labels + vague, per tile", 1,
-         best_of(5, lambda: (sample.load_image(), sample.load_labels(), sample.load_ambiguous()))),
+         best_of(5, lambda: (sample.load_image(), sample.load_labels(), sample.load_vague()))),
         ("make 5 folds with validation", n, best_of(5, lambda: make_folds(dataset.samples))),
         ("to_model_input 1024 (image + labels)", 1,
          best_of(5, lambda: (to_model_input(image, 1024), to_model_input(labels, 1024, kind="labels")))),
         ("augment, default probabilities (mean of 40)", 1,
-         mean_of(40, lambda: augment_default(image, labels, ambiguous, maps, rng=next(seeds)))),
+         mean_of(40, lambda: augment_default(image, labels, vague, maps, rng=next(seeds)))),
         ("augment, every transform applied", 1,
-         best_of(10, lambda: augment_all(image, labels, ambiguous, maps, rng=next(seeds)))),
+         best_of(10, lambda: augment_all(image, labels, vague, maps, rng=next(seeds)))),
     ]
     print(f"data: {root} ({n} tiles, {image.shape[0]}x{image.shape[1]})")
     print(f"{'operation':<45} {'tiles':>5} {'seconds':>9}")

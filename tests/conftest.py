@@ -154,7 +154,7 @@ def _write_cropped_sample(sample_root: Path, root: Path, *, count: int, size: in
         Image.fromarray(image).save(organ / "tissue images" / f"{sample.stem}.png")
         labels = sample.load_labels()[:size, :size].astype(np.uint16)
         tifffile.imwrite(organ / "label masks modify" / f"{sample.stem}.tif", labels)
-        vague = sample.load_ambiguous()
+        vague = sample.load_vague()
         if vague is not None:
             Image.fromarray((vague[:size, :size] * 255).astype(np.uint8)).save(
                 organ / "vague areas" / "mask binary" / f"{sample.stem}.png"

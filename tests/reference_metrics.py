@@ -2,7 +2,7 @@
 
 Every instance is a full-image boolean mask and every quantity is a plain sum over pixels, the
 way HoVer-Net's ``get_dice_1`` / ``get_fast_aji`` / ``get_fast_aji_plus`` / ``get_fast_pq``
-describe them (without their epsilon terms) and NucEval describes its ambiguous-region and
+describe them (without their epsilon terms) and NucEval describes its vague-region and
 boundary-ring rules. Nothing here shares code with ``nucleisam.metrics``; the tests check the fast
 implementation against these functions. Used by the tests and by ``benchmarks/metrics.py``.
 """
@@ -23,9 +23,9 @@ def instance_masks(labels: np.ndarray) -> list[np.ndarray]:
     return [labels == i for i in np.unique(labels) if i != 0]
 
 
-def remove_ambiguous(labels: np.ndarray, ambiguous: np.ndarray, threshold: float) -> np.ndarray:
+def remove_vague(labels: np.ndarray, vague: np.ndarray, threshold: float) -> np.ndarray:
     """Drop instances with more than ``threshold`` of their area in the mask, then blank the mask."""
-    vague = ambiguous != 0
+    vague = vague != 0
     out = labels.copy()
     for i in np.unique(labels):
         if i == 0:
@@ -94,17 +94,17 @@ def aji_plus_from_pairs(gt: np.ndarray, pred: np.ndarray, pairs: list[tuple[int,
 def reference_metrics(
     gt: np.ndarray,
     pred: np.ndarray,
-    ambiguous: np.ndarray | None = None,
-    ambiguous_threshold: float = 0.25,
+    vague: np.ndarray | None = None,
+    vague_threshold: float = 0.25,
     zone_width: int = 0,
     match_iou: float = 0.5,
 ) -> dict:
     """All metrics of one image, slowly. Also returns the AJI+ pairs and their total IoU."""
     gt = np.asarray(gt).astype(np.int64)
     pred = np.asarray(pred).astype(np.int64)
-    if ambiguous is not None:
-        gt = remove_ambiguous(gt, ambiguous, ambiguous_threshold)
-        pred = remove_ambiguous(pred, ambiguous, ambiguous_threshold)
+    if vague is not None:
+        gt = remove_vague(gt, vague, vague_threshold)
+        pred = remove_vague(pred, vague, vague_threshold)
     if zone_width > 0:
         ring = boundary_ring(gt, zone_width)
         gt[ring] = 0

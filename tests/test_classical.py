@@ -19,7 +19,7 @@ from nucleisam.postprocess import split_by_distance_peaks, tune_postprocess
 
 def load_tiles(organ: Path) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
     """(image, labels, vague mask) of every tile of an organ folder, read by the data layer."""
-    return [(s.load_image(), s.load_labels(), s.load_ambiguous()) for s in load_nuinsseg(organ).samples]
+    return [(s.load_image(), s.load_labels(), s.load_vague()) for s in load_nuinsseg(organ).samples]
 
 
 def mean_metrics(tiles, **params) -> dict[str, float]:

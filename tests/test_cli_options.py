@@ -41,7 +41,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("demo",): (*MODEL, "overrides", "device", "resume", "out"),
     ("baseline",): (*DATA_SOURCE, *FOLDS, "folds", *CONFIG, "resume", "out"),
     ("predict",): ("mpp", "adapter", "method", "checkpoint", "allow_checkpoint_mismatch", "model", "backend",
-                   "tile", "overlap", "batch_size", "device", "out", "formats", "overwrite"),
+                   "tile", "overlap", "batch_size", "device", "tissue", "workers", "scheduler", "chunk_tiles",
+                   "out", "formats", "overwrite"),
     ("export",): ("adapter", "file_format", "out", "input_size", "checkpoint", "allow_checkpoint_mismatch",
                   "overwrite"),
 }
@@ -111,7 +112,7 @@ GROUPS = {
     ("data", "folds"): ("data", "folds", "output"),
     ("model", "info"): ("model", "run", "output"),
     ("evaluate",): ("data", "run", "output"),
-    ("predict",): ("data", "model", "run", "output"),
+    ("predict",): ("data", "model", "run", "whole slides", "output"),
     ("demo",): ("model", "run", "output"),
 }
 

@@ -74,7 +74,8 @@ def test_existing_outputs_stop_the_run_before_any_work(images: Path, tmp_path: P
     assert "wide_b_nuclei.csv already exists" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["wide_b_nuclei.csv"]  # not even tile_a's outputs
     assert main([*args, "--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["tile_a_labels.tif", "tile_a_nuclei.csv",
+    # manifest.csv (issue 11) records every input of the run.
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.csv", "tile_a_labels.tif", "tile_a_nuclei.csv",
                                                     "wide_b_labels.tif", "wide_b_nuclei.csv"]
 
 
@@ -106,7 +107,11 @@ def test_unmatched_input_and_grayscale_image_are_errors(images: Path, tmp_path: 
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(images / "gray.png")
     assert main(["predict", str(images / "gray.png"), "--method", "classical", "--out", str(out)]) == 2
     assert "grayscale" in capsys.readouterr().err
-    assert not any(out.iterdir())
+    # Nothing but manifest.csv (issue 11), which records the failure.
+    assert [p.name for p in out.iterdir()] == ["manifest.csv"]
+    with open(out / "manifest.csv", newline="") as handle:
+        (row,) = csv.DictReader(handle)
+    assert row["status"] == "failed" and "grayscale" in row["error"]
 
 
 def test_classical_method_on_the_bundled_sample(sample_root: Path, tmp_path: Path,
@@ -140,7 +145,7 @@ def test_adapter_method_with_a_saved_adapter(tmp_path: Path, capsys: pytest.Capt
     out = tmp_path / "out"
     assert main(["predict", str(tmp_path / "x.png"), "--adapter", str(adapter), "--out", str(out),
                  "--tile", "256", "--overlap", "32", "--batch-size", "2"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["x_labels.tif", "x_nuclei.csv", "x_nuclei.geojson",
-                                                    "x_overlay.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.csv", "x_labels.tif", "x_nuclei.csv",
+                                                    "x_nuclei.geojson", "x_overlay.png"]
     assert tifffile.imread(out / "x_labels.tif").shape == (300, 260)
     assert "1 image(s)" in capsys.readouterr().out

@@ -35,12 +35,12 @@ def test_bundled_sample_pairs_every_tile(sample_root: Path) -> None:
         assert (sample.species, sample.organ, sample.group) == ("human", "spleen", "human spleen")
         assert sample.image_path == organ_dir / "tissue images" / f"{sample.stem}.png"
         assert sample.labels_path == organ_dir / "label masks modify" / f"{sample.stem}.tif"
-        assert sample.ambiguous_path == organ_dir / "vague areas" / "mask binary" / f"{sample.stem}.png"
+        assert sample.vague_path == organ_dir / "vague areas" / "mask binary" / f"{sample.stem}.png"
     sample = dataset[1]
-    image, labels, ambiguous = sample.load_image(), sample.load_labels(), sample.load_ambiguous()
+    image, labels, vague = sample.load_image(), sample.load_labels(), sample.load_vague()
     assert image.shape == (512, 512, 3) and image.dtype == np.uint8
     assert labels.shape == (512, 512) and labels.dtype == np.int32
-    assert ambiguous is not None and ambiguous.dtype == np.bool_ and ambiguous.any()
+    assert vague is not None and vague.dtype == np.bool_ and vague.any()
 
 
 def test_organ_folder_itself_can_be_the_root(sample_root: Path) -> None:
@@ -99,7 +99,7 @@ def test_underscore_layout_and_mask_binary_vague(sample_copy: Path, tmp_path: Pa
     shutil.copytree(source / "vague areas" / "mask binary", organ / "mask binary_vague")
     dataset = load_nuinsseg(root)
     assert dataset.problems == [] and dataset.stems == SAMPLE_STEMS
-    assert all(s.ambiguous_path is not None and s.ambiguous_path.parent.name == "mask binary_vague"
+    assert all(s.vague_path is not None and s.vague_path.parent.name == "mask binary_vague"
                for s in dataset)
     assert dataset[0].group == "human spleen"
 
@@ -155,7 +155,7 @@ def test_folders_pair_by_stem_in_each_mask_format(sample_root: Path, tmp_path: P
     assert dataset.problems == [] and dataset.stems == SAMPLE_STEMS
     assert {s.organ for s in dataset} == {"unknown"}
     for sample in dataset:
-        assert sample.ambiguous_path is None and sample.load_ambiguous() is None
+        assert sample.vague_path is None and sample.load_vague() is None
         np.testing.assert_array_equal(sample.load_labels(), originals[sample.stem])
     assert open_dataset(images=images, masks=masks).stems == SAMPLE_STEMS
 

@@ -24,11 +24,11 @@ Tile = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 @pytest.fixture(scope="module")
 def tile(sample_root: Path) -> Tile:
-    """Image, labels and ambiguous mask of a bundled tile that has a real vague area."""
+    """Image, labels and vague mask of a bundled tile that has a real vague area."""
     sample = next(s for s in load_nuinsseg(sample_root) if s.stem == "human_spleen_05")
-    ambiguous = sample.load_ambiguous()
-    assert ambiguous is not None
-    return sample.load_image(), sample.load_labels(), ambiguous
+    vague = sample.load_vague()
+    assert vague is not None
+    return sample.load_image(), sample.load_labels(), vague
 
 
 def test_longest_side_shape_follows_sam_rounding() -> None:
@@ -38,15 +38,15 @@ def test_longest_side_shape_follows_sam_rounding() -> None:
 
 
 def test_model_input_round_trip(tile: Tile) -> None:
-    image, labels, ambiguous = tile
+    image, labels, vague = tile
     model_image = to_model_input(image, 1024)
     assert model_image.shape == (1024, 1024, 3) and model_image.dtype == np.uint8
     model_labels = to_model_input(labels, 1024, kind="labels")
     assert model_labels.dtype == np.int32
     np.testing.assert_array_equal(np.unique(model_labels), np.unique(labels))
     np.testing.assert_array_equal(from_model_output(model_labels, (512, 512), 1024, kind="labels"), labels)
-    model_mask = to_model_input(ambiguous, 1024, kind="mask")
-    np.testing.assert_array_equal(from_model_output(model_mask, (512, 512), 1024, kind="mask"), ambiguous)
+    model_mask = to_model_input(vague, 1024, kind="mask")
+    np.testing.assert_array_equal(from_model_output(model_mask, (512, 512), 1024, kind="mask"), vague)
     back = from_model_output(model_image, (512, 512), 1024, kind="image")
     assert np.abs(back.astype(int) - image.astype(int)).mean() < 3  # bilinear up, area down
 
@@ -80,15 +80,15 @@ def _coordinate_image(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("seed", range(12))
 def test_augmented_labels_stay_aligned_with_the_image(tile: Tile, seed: int) -> None:
-    """Every output pixel's labels, ambiguous flag and maps come from the source pixel the image shows."""
-    _, labels, ambiguous = tile
+    """Every output pixel's labels, vague flag and maps come from the source pixel the image shows."""
+    _, labels, vague = tile
     top, left = 40, 320  # a 128x128 window that contains nuclei and a vague region
-    labels, ambiguous = labels[top:top + 128, left:left + 128], ambiguous[top:top + 128, left:left + 128]
-    assert ambiguous.any() and len(np.unique(labels)) > 5
+    labels, vague = labels[top:top + 128, left:left + 128], vague[top:top + 128, left:left + 128]
+    assert vague.any() and len(np.unique(labels)) > 5
     image, rows = _coordinate_image(128)
     maps = {"inside": np.ones((128, 128), np.float32), "row": rows.astype(np.float32)}
     out = Augmenter(p_hflip=0.5, p_vflip=0.5, p_rot90=0.5, p_scale=0.8, scale_range=(0.8, 1.25),
-                    **NO_COLOUR)(image, labels, ambiguous, maps, rng=seed)
+                    **NO_COLOUR)(image, labels, vague, maps, rng=seed)
 
     source_row, source_col = out.image[..., 0] / 2.0, out.image[..., 1] / 2.0
     covered = out.maps["inside"] >= 1.0 - 1e-6  # not in the zoom-out border
@@ -98,29 +98,29 @@ def test_augmented_labels_stay_aligned_with_the_image(tile: Tile, seed: int) -> 
     r = np.clip(np.rint(source_row).astype(int), 0, 127)
     c = np.clip(np.rint(source_col).astype(int), 0, 127)
     np.testing.assert_array_equal(out.labels[clear], labels[r, c][clear])
-    np.testing.assert_array_equal(out.ambiguous[clear], ambiguous[r, c][clear])
+    np.testing.assert_array_equal(out.vague[clear], vague[r, c][clear])
     assert np.abs(out.maps["row"][covered] - source_row[covered]).max() <= 0.26  # uint8 rounding of 2·row
-    assert out.labels.dtype == np.int32 and out.ambiguous.dtype == np.bool_
+    assert out.labels.dtype == np.int32 and out.vague.dtype == np.bool_
     assert out.maps["row"].dtype == np.float32 and out.image.shape == (128, 128, 3)
     assert set(np.unique(out.labels)) <= set(np.unique(labels))  # ids kept, none invented
 
 
 def test_flips_and_rotations_are_exact_and_keep_every_id(tile: Tile) -> None:
-    image, labels, ambiguous = tile
+    image, labels, vague = tile
     only = {"p_hflip": 0.0, "p_vflip": 0.0, "p_rot90": 0.0, "p_scale": 0.0, **NO_COLOUR}
-    out = Augmenter(**{**only, "p_hflip": 1.0})(image, labels, ambiguous, rng=0)
+    out = Augmenter(**{**only, "p_hflip": 1.0})(image, labels, vague, rng=0)
     np.testing.assert_array_equal(out.image, image[:, ::-1])
     np.testing.assert_array_equal(out.labels, labels[:, ::-1])
-    np.testing.assert_array_equal(out.ambiguous, ambiguous[:, ::-1])
+    np.testing.assert_array_equal(out.vague, vague[:, ::-1])
     out = Augmenter(**{**only, "p_vflip": 1.0})(image, labels, rng=0)
     np.testing.assert_array_equal(out.labels, labels[::-1])
     rotations = set()
     for seed in range(20):
-        out = Augmenter(**{**only, "p_rot90": 1.0})(image, labels, ambiguous, rng=seed)
+        out = Augmenter(**{**only, "p_rot90": 1.0})(image, labels, vague, rng=seed)
         k = next(k for k in (1, 2, 3) if np.array_equal(out.labels, np.rot90(labels, k)))
         rotations.add(k)
         np.testing.assert_array_equal(out.image, np.rot90(image, k))
-        np.testing.assert_array_equal(out.ambiguous, np.rot90(ambiguous, k))
+        np.testing.assert_array_equal(out.vague, np.rot90(vague, k))
         np.testing.assert_array_equal(np.bincount(out.labels.ravel()), np.bincount(labels.ravel()))
     assert rotations == {1, 2, 3}
     # A non-square tile can only turn by 180 degrees and keep its shape.
@@ -129,15 +129,15 @@ def test_flips_and_rotations_are_exact_and_keep_every_id(tile: Tile) -> None:
 
 
 def test_colour_transforms_touch_only_the_image(tile: Tile) -> None:
-    image, labels, ambiguous = tile
+    image, labels, vague = tile
     geometry_off = {"p_hflip": 0.0, "p_vflip": 0.0, "p_rot90": 0.0, "p_scale": 0.0}
     identity = Augmenter(**geometry_off, p_stain=1.0, stain_alpha=0.0, stain_beta=0.0, p_blur=0.0)
     np.testing.assert_array_equal(identity(image, labels, rng=0).image, image)  # the OD round trip is exact
     for name, config in [("stain", {"p_stain": 1.0, "p_blur": 0.0, "stain_alpha": 0.1, "stain_beta": 0.1}),
                          ("blur", {"p_stain": 0.0, "p_blur": 1.0, "blur_sigma": (1.0, 1.0)})]:
-        out = Augmenter(**geometry_off, **config)(image, labels, ambiguous, rng=4)
+        out = Augmenter(**geometry_off, **config)(image, labels, vague, rng=4)
         np.testing.assert_array_equal(out.labels, labels)
-        np.testing.assert_array_equal(out.ambiguous, ambiguous)
+        np.testing.assert_array_equal(out.vague, vague)
         change = np.abs(out.image.astype(int) - image.astype(int)).mean()
         assert 0.5 < change < 25, name  # visible but mild
         gray, gray_out = image.mean(-1), out.image.mean(-1)
@@ -146,7 +146,7 @@ def test_colour_transforms_touch_only_the_image(tile: Tile) -> None:
 
 def test_full_augmentation_keeps_nuclei_on_dark_pixels(tile: Tile) -> None:
     """On the real tile, haematoxylin-dark pixels stay inside the (augmented) nuclei."""
-    image, labels, ambiguous = tile
+    image, labels, vague = tile
     brightness = image.astype(float).mean(-1)
     contrast = brightness[labels == 0].mean() - brightness[labels > 0].mean()
     assert contrast > 15
@@ -158,7 +158,7 @@ def test_full_augmentation_keeps_nuclei_on_dark_pixels(tile: Tile) -> None:
         return float(bright[~nuclei].mean() - bright[nuclei].mean())
 
     for seed in range(4):
-        out = augmenter(image, labels, ambiguous, rng=seed)
+        out = augmenter(image, labels, vague, rng=seed)
         bright = out.image.astype(float).mean(-1)
         aligned = nuclear_contrast(bright, out.labels > 0)
         assert aligned > 0.7 * contrast
@@ -168,14 +168,14 @@ def test_full_augmentation_keeps_nuclei_on_dark_pixels(tile: Tile) -> None:
 
 
 def test_augmentation_is_reproducible_from_a_seed(tile: Tile) -> None:
-    image, labels, ambiguous = tile
+    image, labels, vague = tile
     augmenter = Augmenter(p_scale=1.0, p_stain=1.0, p_blur=1.0)
-    first = augmenter(image, labels, ambiguous, rng=7)
-    again = augmenter(image, labels, ambiguous, rng=np.random.default_rng(7))
-    other = augmenter(image, labels, ambiguous, rng=8)
+    first = augmenter(image, labels, vague, rng=7)
+    again = augmenter(image, labels, vague, rng=np.random.default_rng(7))
+    other = augmenter(image, labels, vague, rng=8)
     np.testing.assert_array_equal(first.image, again.image)
     np.testing.assert_array_equal(first.labels, again.labels)
-    np.testing.assert_array_equal(first.ambiguous, again.ambiguous)
+    np.testing.assert_array_equal(first.vague, again.vague)
     assert not np.array_equal(first.image, other.image)
     assert first.image.shape == image.shape and first.labels.shape == labels.shape
 
@@ -184,5 +184,5 @@ def test_mismatched_shapes_are_refused(tile: Tile) -> None:
     image, labels, _ = tile
     with pytest.raises(ValueError, match="image must be uint8"):
         Augmenter()(image[:100], labels, rng=0)
-    with pytest.raises(ValueError, match="ambiguous"):
+    with pytest.raises(ValueError, match="vague"):
         Augmenter()(image, labels, np.zeros((5, 5), bool), rng=0)

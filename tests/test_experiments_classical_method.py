@@ -136,7 +136,7 @@ def test_rows_are_the_tuned_baseline_scored_like_evaluate(run: Path, sample_root
         for row in per_image(run, fold):
             sample = samples[row["stem"]]
             prediction = classical_instances(sample.load_image(), ClassicalConfig(**params))
-            vague = sample.load_ambiguous() if row["variant"] == "vague_excluded" else None
+            vague = sample.load_vague() if row["variant"] == "vague_excluded" else None
             expected = evaluate_instances(sample.load_labels(), prediction, vague)
             for metric in ("dice", "aji", "pq", "n_pred"):
                 assert row[metric] == pytest.approx(expected[metric], rel=1e-5, abs=1e-6), (
@@ -155,7 +155,7 @@ def test_tuning_never_lowers_the_validation_aji(run: Path, sample_root: Path) ->
                 evaluate_instances(
                     samples[stem].load_labels(),
                     classical_instances(samples[stem].load_image()),
-                    samples[stem].load_ambiguous(),
+                    samples[stem].load_vague(),
                 )["aji"]
                 for stem in fold["val"]
             ]

@@ -28,7 +28,7 @@ from nucleisam.metrics import (
     mean_segmentation_accuracy,
     overlap_table,
     panoptic_quality,
-    remove_ambiguous,
+    remove_vague,
     zone_footprint,
 )
 from nucleisam.metrics import table as table_module
@@ -37,9 +37,9 @@ from reference_metrics import aji_plus_from_pairs, boundary_ring, ellipse, refer
 TOL = 1e-6
 
 
-def assert_matches_reference(gt, pred, ambiguous=None, threshold=0.25, zone_width=0, strict_plus=True):
-    fast = evaluate_instances(gt, pred, ambiguous, ambiguous_threshold=threshold, zone_width=zone_width)
-    ref = reference_metrics(gt, pred, ambiguous, threshold, zone_width)
+def assert_matches_reference(gt, pred, vague=None, threshold=0.25, zone_width=0, strict_plus=True):
+    fast = evaluate_instances(gt, pred, vague, vague_threshold=threshold, zone_width=zone_width)
+    ref = reference_metrics(gt, pred, vague, threshold, zone_width)
     for key in ("n_gt", "n_pred", "tp", "fp", "fn"):
         assert fast[key] == ref[key], key
     for name in METRIC_NAMES:
@@ -47,20 +47,20 @@ def assert_matches_reference(gt, pred, ambiguous=None, threshold=0.25, zone_widt
             continue
         assert fast[name] == pytest.approx(ref[name], abs=TOL), name
     if not strict_plus:
-        check_aji_plus_is_an_optimal_pairing(gt, pred, ambiguous, threshold, zone_width, fast, ref)
+        check_aji_plus_is_an_optimal_pairing(gt, pred, vague, threshold, zone_width, fast, ref)
     return fast
 
 
-def check_aji_plus_is_an_optimal_pairing(gt, pred, ambiguous, threshold, zone_width, fast, ref):
+def check_aji_plus_is_an_optimal_pairing(gt, pred, vague, threshold, zone_width, fast, ref):
     """Where several pairings share the maximal total IoU, AJI+ may legitimately differ between
     solvers. Then the fast pairing must be one-to-one, reach the same total IoU, and its AJI must
     be what the fast code reports."""
     if fast["aji_plus"] == pytest.approx(ref["aji_plus"], abs=TOL):
         return
     gt_c, pred_c = np.asarray(gt).astype(np.int64), np.asarray(pred).astype(np.int64)
-    if ambiguous is not None:
-        gt_c = remove_ambiguous(gt_c, ambiguous, threshold=threshold)
-        pred_c = remove_ambiguous(pred_c, ambiguous, threshold=threshold)
+    if vague is not None:
+        gt_c = remove_vague(gt_c, vague, threshold=threshold)
+        pred_c = remove_vague(pred_c, vague, threshold=threshold)
     if zone_width:
         ring = boundary_zone(gt_c, zone_width)
         gt_c[ring] = 0
@@ -185,7 +185,7 @@ def test_ambiguous_removal_at_exactly_25_percent_keeps_and_just_over_removes() -
     # Removal is decided per side: a prediction mostly inside the vague area disappears, the GT
     # instance beside it does not, so the GT becomes a miss.
     pred2 = square((12, 12), (1, (0, 2, 0, 4)), (2, (6, 10, 6, 10)))  # 8 px, 5 of them vague
-    one_side = evaluate_instances(gt, pred2, vague, ambiguous_threshold=0.5)
+    one_side = evaluate_instances(gt, pred2, vague, vague_threshold=0.5)
     assert (one_side["n_gt"], one_side["n_pred"]) == (2, 1)
     assert one_side["fn"] == 1
 
@@ -439,12 +439,12 @@ def test_bad_inputs_are_clear_errors() -> None:
         evaluate_instances(gt - 1, gt)
     with pytest.raises(NucleisamError, match="shape"):
         evaluate_instances(gt, np.zeros((4, 5), np.int32))
-    with pytest.raises(NucleisamError, match="ambiguous mask"):
+    with pytest.raises(NucleisamError, match="vague mask"):
         evaluate_instances(gt, gt, np.zeros((3, 3), bool))
     with pytest.raises(NucleisamError, match="zone_width"):
         evaluate_instances(gt, gt, zone_width=-1)
-    with pytest.raises(NucleisamError, match="ambiguous_threshold"):
-        evaluate_instances(gt, gt, ambiguous_threshold=1.5)
+    with pytest.raises(NucleisamError, match="vague_threshold"):
+        evaluate_instances(gt, gt, vague_threshold=1.5)
 
 
 def test_ids_near_the_int64_limit() -> None:

@@ -23,7 +23,7 @@ class CountingTargets:
         return simple_targets(labels)
 
 
-def flip_augment(image, labels, ambiguous=None, maps=None, *, rng):
+def flip_augment(image, labels, vague=None, maps=None, *, rng):
     """Rotations and flips with the data layer's Augmenter call signature."""
     k = int(rng.integers(4))
     flip = bool(rng.integers(2))
@@ -35,7 +35,7 @@ def flip_augment(image, labels, ambiguous=None, maps=None, *, rng):
         return np.ascontiguousarray(a[:, ::-1] if flip else a)
 
     return SimpleNamespace(
-        image=tf(image), labels=tf(labels), ambiguous=tf(ambiguous), maps={k: tf(v) for k, v in maps.items()}
+        image=tf(image), labels=tf(labels), vague=tf(vague), maps={k: tf(v) for k, v in maps.items()}
     )
 
 

@@ -72,7 +72,7 @@ class ImagePair:
     stem: str
     gt_path: Path
     pred_path: Path | None  #: None: no prediction (scored as empty)
-    ambiguous_path: Path | None
+    vague_path: Path | None
     sample: Sample | None = None  #: set for NuInsSeg data (knows how to read its labels)
 
     def load_gt(self, *, binary_masks: bool = False) -> np.ndarray:
@@ -93,7 +93,7 @@ class FolderEvaluation:
     unmatched_predictions: list[str]  #: prediction files without GT (ignored)
     vague_excluded: MetricSummary | None  #: None when no image has vague areas
     all_pixels: MetricSummary
-    ambiguous_threshold: float
+    vague_threshold: float
     zone_width: int
 
     @property
@@ -105,7 +105,7 @@ class FolderEvaluation:
         return {
             "match_iou": 0.5,
             "msa_thresholds": list(MSA_THRESHOLDS),
-            "ambiguous_threshold": self.ambiguous_threshold,
+            "ambiguous_threshold": self.vague_threshold,  # summary.json keeps its 0.1 key
             "zone_width": self.zone_width,
         }
 
@@ -127,7 +127,7 @@ class FolderEvaluation:
             "all_pixels": aggregates(self.all_pixels),
             "definitions": DEFINITIONS,
             "aggregation": AGGREGATION,
-            "conventions": CONVENTIONS.format(threshold=self.ambiguous_threshold),
+            "conventions": CONVENTIONS.format(threshold=self.vague_threshold),
         }
 
     def per_image_rows(self) -> list[dict[str, Any]]:
@@ -176,7 +176,7 @@ class FolderEvaluation:
         lines += ["", "## Definitions", ""]
         lines += [f"- **{name}**: {text}" for name, text in DEFINITIONS.items()]
         lines += [f"- **{name}**: {text}" for name, text in AGGREGATION.items()]
-        lines += ["", CONVENTIONS.format(threshold=self.ambiguous_threshold), ""]
+        lines += ["", CONVENTIONS.format(threshold=self.vague_threshold), ""]
         return "\n".join(lines)
 
 
@@ -217,7 +217,7 @@ def collect_pairs(
     gt_dir: str | os.PathLike[str] | None = None,
     data_root: str | os.PathLike[str] | None = None,
     images_dir: str | os.PathLike[str] | None = None,
-    ambiguous_dir: str | os.PathLike[str] | None = None,
+    vague_dir: str | os.PathLike[str] | None = None,
     binary_masks: bool = False,
 ) -> tuple[list[ImagePair], list[str], str]:
     """Pair GT images with predictions by stem: (pairs, unmatched prediction files, GT description).
@@ -234,13 +234,13 @@ def collect_pairs(
     predictions = _label_files(_check_dir(pred_dir, "pred_dir"), "pred_dir", predictions=True)
     if not predictions:
         raise NucleisamError(f"no label maps (TIFF, PNG or NPY) found in {pred_dir} (pred_dir).")
-    vague_files = {} if ambiguous_dir is None else _label_files(_check_dir(ambiguous_dir, "ambiguous_dir"),
-                                                                "ambiguous_dir")
+    vague_files = {} if vague_dir is None else _label_files(_check_dir(vague_dir, "vague_dir"),
+                                                                "vague_dir")
     pairs: list[ImagePair] = []
     if data_root is not None or images_dir is not None:
         dataset = open_dataset(data_root, images_dir, gt_dir, binary_masks=binary_masks)
         for sample in dataset.samples:
-            vague = vague_files.get(sample.stem) if ambiguous_dir is not None else sample.ambiguous_path
+            vague = vague_files.get(sample.stem) if vague_dir is not None else sample.vague_path
             prediction = predictions.get(sample.stem)
             pairs.append(ImagePair(sample.stem, sample.labels_path, prediction, vague, sample))
         source = str(data_root if data_root is not None else gt_dir or images_dir)
@@ -267,9 +267,9 @@ def evaluate_folders(
     gt_dir: str | os.PathLike[str] | None = None,
     data_root: str | os.PathLike[str] | None = None,
     images_dir: str | os.PathLike[str] | None = None,
-    ambiguous_dir: str | os.PathLike[str] | None = None,
+    vague_dir: str | os.PathLike[str] | None = None,
     out_dir: str | os.PathLike[str] | None = None,
-    ambiguous_threshold: float = 0.25,
+    vague_threshold: float = 0.25,
     zone_width: int = 0,
     binary_masks: bool = False,
     overwrite: bool = False,
@@ -286,10 +286,10 @@ def evaluate_folders(
             raise NucleisamError(f"output path {out_dir} (out_dir) exists and is not a folder.")
         check_outputs_free([Path(out_dir) / name for name in EVALUATION_FILES], overwrite=overwrite)
     pairs, unmatched, source = collect_pairs(pred_dir, gt_dir=gt_dir, data_root=data_root,
-                                             images_dir=images_dir, ambiguous_dir=ambiguous_dir,
+                                             images_dir=images_dir, vague_dir=vague_dir,
                                              binary_masks=binary_masks)
-    all_pixels = MetricAccumulator(ambiguous_threshold=ambiguous_threshold, zone_width=zone_width)
-    vague_excluded = MetricAccumulator(ambiguous_threshold=ambiguous_threshold, zone_width=zone_width)
+    all_pixels = MetricAccumulator(vague_threshold=vague_threshold, zone_width=zone_width)
+    vague_excluded = MetricAccumulator(vague_threshold=vague_threshold, zone_width=zone_width)
     vague_pixels: dict[str, int] = {}
     for pair in pairs:
         gt = pair.load_gt(binary_masks=binary_masks)
@@ -303,11 +303,11 @@ def evaluate_folders(
                     f"{pair.gt_path} is {gt.shape[0]}x{gt.shape[1]}; predictions must be at the native size."
                 )
         vague = None
-        if pair.ambiguous_path is not None:
-            vague = read_binary_mask(pair.ambiguous_path)
+        if pair.vague_path is not None:
+            vague = read_binary_mask(pair.vague_path)
             if vague.shape != gt.shape:
                 raise NucleisamError(
-                    f"vague-area mask {pair.ambiguous_path} is {vague.shape[0]}x{vague.shape[1]} but its "
+                    f"vague-area mask {pair.vague_path} is {vague.shape[0]}x{vague.shape[1]} but its "
                     f"ground truth {pair.gt_path} is {gt.shape[0]}x{gt.shape[1]}."
                 )
         vague_pixels[pair.stem] = 0 if vague is None else int(vague.sum())
@@ -323,7 +323,7 @@ def evaluate_folders(
         unmatched_predictions=unmatched,
         vague_excluded=vague_excluded.compute() if any_vague else None,
         all_pixels=all_pixels.compute(),
-        ambiguous_threshold=ambiguous_threshold,
+        vague_threshold=vague_threshold,
         zone_width=zone_width,
     )
     if out_dir is not None:

@@ -21,11 +21,13 @@ Conventions:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull
 from skimage.color import hed_from_rgb
+from skimage.measure import find_contours
 
 #: Pixels per strip when scanning the image: bounds the float temporaries to a few hundred MB.
 STRIP_PIXELS = 1 << 21
@@ -37,6 +39,8 @@ _PERIMETER_WEIGHTS = np.zeros(50, dtype=np.float64)
 _PERIMETER_WEIGHTS[[5, 7, 15, 17, 25, 27]] = 1.0
 _PERIMETER_WEIGHTS[[21, 33]] = math.sqrt(2.0)
 _PERIMETER_WEIGHTS[[13, 23]] = (1.0 + math.sqrt(2.0)) / 2.0
+
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 _NEIGHBOUR_CODES: tuple[tuple[int, int, int], ...] = (
     (-1, 0, 2), (1, 0, 2), (0, -1, 2), (0, 1, 2),
@@ -260,3 +264,51 @@ def measure_nuclei(
         for row, column in enumerate(("mean_r", "mean_g", "mean_b", "hematoxylin_od_mean")):
             table[column] = colour_sums[row, ids] / area[ids]
     return table
+
+
+def _drop_collinear(ring: np.ndarray) -> np.ndarray:
+    """Remove vertices of a closed ring (first == last) that lie on a straight run.
+
+    The contour vertices sit on the half-pixel grid, so the cross products are exact.
+    """
+    points = ring[:-1]
+    before = points - np.roll(points, 1, axis=0)
+    after = np.roll(points, -1, axis=0) - points
+    cross = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
+    keep = points[cross != 0]
+    return np.concatenate([keep, keep[:1]])
+
+
+def iter_nucleus_polygons(labels: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """``(id, ring)`` per nucleus in increasing id order; the ring is an (N, 2) array of ``x, y``
+    in QuPath pixel coordinates.
+
+    Rings start and end at the same vertex; collinear vertices are dropped. Coordinates lie on
+    the half-pixel grid between pixel centres, so no pixel centre falls on a ring.
+    """
+    labels, original_ids = compact_labels(check_label_map(labels))
+    top = int(labels.max(initial=0))
+    if top == 0:
+        return
+    for index, box in enumerate(ndi.find_objects(labels, max_label=top)):
+        if box is None:
+            continue
+        label_id = index + 1
+        # One pixel of background around the box so every ring closes inside the crop.
+        mask = np.pad(labels[box] == label_id, 1)
+        # 'high': diagonal neighbours are connected (8-connected pieces, 4-connected holes).
+        contours = find_contours(mask.astype(np.float32), 0.5, fully_connected="high")
+        if len(contours) > 1:  # holes or several pieces: fill the holes, keep the largest piece
+            mask = ndi.binary_fill_holes(mask)
+            pieces, count = ndi.label(mask, structure=_EIGHT_CONNECTED)
+            if count > 1:
+                sizes = np.bincount(pieces.ravel())
+                sizes[0] = 0
+                mask = pieces == int(sizes.argmax())
+            contours = find_contours(mask.astype(np.float32), 0.5, fully_connected="high")
+        ring = _drop_collinear(max(contours, key=len))
+        # (row, col) in the padded crop → x, y with pixel centres at +0.5.
+        xy = np.empty_like(ring)
+        xy[:, 0] = ring[:, 1] - 1 + box[1].start + 0.5
+        xy[:, 1] = ring[:, 0] - 1 + box[0].start + 0.5
+        yield (label_id if original_ids is None else int(original_ids[label_id])), xy

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nucleisam.data.download import resolve_data_root
+from nucleisam.predict.slide import CHUNK_TILES
 
 #: The release that drops the deprecated spellings.
 REMOVED_IN = "0.3"
@@ -96,12 +97,13 @@ OPTIONS: dict[str, Option] = _define(
     Option("--strict", "treat any problem in the data (unpaired or unreadable files) as an error instead of "
            "leaving those tiles out", key="data.strict", params=("strict",), switch=True),
     Option("--vague-masks", "folder of vague (ambiguous) area masks paired by file stem", metavar="DIR",
-           default_text="the data set's own with --data, else none", params=("ambiguous_dir",),
+           default_text="the data set's own with --data, else none", params=("vague_dir",),
            deprecated=("--ambiguous",)),
     Option("--pred", "folder of predicted instance label maps (TIFF/PNG/NPY, 0 = background; a `nucleisam "
            "predict` output folder as it is)", params=("pred_dir",), metavar="DIR", required=True),
     Option("--mpp", "microns per pixel of the images: adds µm² areas to CSV/GeoJSON and the resolution to "
-           "label TIFFs", params=("mpp",), type=float, metavar="MICRONS", default_text="none"),
+           "label TIFFs; for slides, overrides what the file records", params=("mpp",), type=float,
+           metavar="MICRONS", default_text="none"),
     # folds
     Option("--k", "number of cross-validation folds", default=5, key="data.k", params=("k",), type=int,
            metavar="K"),
@@ -173,8 +175,17 @@ OPTIONS: dict[str, Option] = _define(
            params=("overlap",), type=int, metavar="PX"),
     Option("--batch-size", "tiles per network call", default=4, params=("batch_size",), type=int,
            metavar="N"),
+    Option("--tissue", "where slides are segmented: auto (tissue detected on the thumbnail), none (every "
+           "tile), or a mask image of the whole slide at any size (white = tissue)", default="auto",
+           params=("tissue",), metavar="auto|none|MASK.png"),
+    Option("--workers", "Dask LocalCluster of N single-threaded worker processes, one model each (0 or 1: "
+           "this process, no Dask)", default=0, params=("workers",), type=int, metavar="N"),
+    Option("--scheduler", "run slide chunks on an existing Dask cluster, e.g. tcp://host:8786 (dask-jobqueue "
+           "on SLURM)", params=("scheduler",), metavar="ADDRESS", default_text="none"),
+    Option("--chunk-tiles", "tiles per side of a slide chunk, the unit of work", default=CHUNK_TILES,
+           params=("chunk_tiles",), type=int, metavar="K"),
     Option("--vague-threshold", "an instance with more than this share of its area in a vague (ambiguous) "
-           "area is removed (fraction 0-1; NucEval)", default=0.25, params=("ambiguous_threshold",),
+           "area is removed (fraction 0-1; NucEval)", default=0.25, params=("vague_threshold",),
            type=float, metavar="F", deprecated=("--ambiguous-threshold",)),
     Option("--zone-width", "ignore pixels within this distance of a ground-truth nucleus border (NucEval's "
            "ring; 0 = off)", default=0, params=("zone_width",), type=int, metavar="PX"),

@@ -1,16 +1,14 @@
-"""`nucleisam predict`: segment nuclei in images of any size and export them."""
+"""`nucleisam predict`: segment nuclei in images and whole slides of any size, and export them."""
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
-from pathlib import Path
 
 from nucleisam.cli.options import add_option, add_options
 from nucleisam.errors import NucleisamError
-from nucleisam.exports import EXPORT_FORMATS, output_paths, parse_formats
-from nucleisam.utils.atomic import check_outputs_free, ensure_output_dir
+from nucleisam.exports import EXPORT_FORMATS
+from nucleisam.exports.slides import DEFAULT_SLIDE_FORMATS, SLIDE_FORMATS
 
 DEFAULT_TILE = 512
 
@@ -18,28 +16,35 @@ DEFAULT_TILE = 512
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="segment nuclei in images (any size) and export labels, GeoJSON, CSV, overlays",
+        help="segment nuclei in images and whole slides; export labels, GeoJSON, CSV/Parquet, overlays",
         description="Segment nuclei with a fine-tuned adapter (--adapter), a model exported to ONNX "
         "(--backend onnxruntime --model FILE.onnx) or the classical baseline (--method classical) in "
-        "PNG/JPEG/TIFF images of any size (tiled, seam-free), and write per "
-        "image: <stem>_labels.tif, <stem>_nuclei.geojson (QuPath detections), <stem>_nuclei.csv, "
-        "<stem>_overlay.png.",
+        "PNG/JPEG/TIFF images (tiled, seam-free) and whole slides (SVS, NDPI, "
+        "MRXS, SCN, OME-TIFF, pyramidal TIFF; streamed chunk by chunk, optionally on Dask). Per image: "
+        "<stem>_labels.tif, <stem>_nuclei.geojson (QuPath detections), <stem>_nuclei.csv, "
+        "<stem>_overlay.png; per slide: <stem>_nuclei.parquet/.csv/.geojson, <stem>_labels.zarr "
+        "(OME-Zarr), <stem>_overlay.png (thumbnail), <stem>_tissue.png. <out>/manifest.csv records every "
+        "input; rerunning skips those done with the same method and parameters.",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="image files, folders (their images) or glob patterns (quote them; ** allowed)")
+                        help="images or slides: files, folders (their images), glob patterns (quote them; "
+                        "** allowed) or CSV lists of paths")
     add_option(parser.add_argument_group("data"), "mpp")
     add_options(parser.add_argument_group("model"), ("adapter", "method", "checkpoint",
                                                       "allow_checkpoint_mismatch", "model", "backend"))
     add_options(parser.add_argument_group("run"), ("tile", "overlap", "batch_size", "device"))
+    add_options(parser.add_argument_group("whole slides"), ("tissue", "workers", "scheduler", "chunk_tiles"))
     output = parser.add_argument_group("output")
     add_option(output, "out", required=True)
-    add_option(output, "formats", help=f"comma-separated subset of {','.join(EXPORT_FORMATS)}",
-               default=",".join(EXPORT_FORMATS), default_text="all")
+    formats = ",".join(dict.fromkeys(EXPORT_FORMATS + SLIDE_FORMATS))
+    add_option(output, "formats", help=f"comma-separated subset of {formats}",
+               default_text=f"images {','.join(EXPORT_FORMATS)}; slides {','.join(DEFAULT_SLIDE_FORMATS)}")
     add_option(output, "overwrite")
     parser.set_defaults(handler=run_predict)
 
 
 def _method(args: argparse.Namespace) -> str:
+    """``model``, ``onnx`` (an exported model in ONNX Runtime) or ``classical``."""
     method = args.method or ("model" if args.adapter or args.model else None)
     if method is None:
         raise NucleisamError(
@@ -56,67 +61,58 @@ def _method(args: argparse.Namespace) -> str:
                 "--backend onnxruntime runs an exported file: give --model FILE.onnx (write it with "
                 "`nucleisam export --adapter A.safetensors --format onnx --out FILE.onnx`), not --adapter."
             )
-    elif method == "model" and args.model:
+        return "onnx"
+    if method == "model" and args.model:
         raise NucleisamError("--model FILE.onnx runs with --backend onnxruntime: add it, or give --adapter.")
-    elif method == "model" and not args.adapter:
+    if method == "model" and not args.adapter:
         raise NucleisamError("--method model needs --adapter FILE (the .safetensors file training wrote).")
     return method
 
 
-def run_predict(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def _tile(args: argparse.Namespace, method: str) -> int:
+    """``--tile``, or its default: 512, or an exported model's fixed input size (which it must be)."""
+    if method != "onnx":
+        return args.tile if args.tile is not None else DEFAULT_TILE
+    from nucleisam.model.export import read_export_metadata
 
-    from nucleisam.data.imageio import read_rgb
-    from nucleisam.exports import export_all
-    from nucleisam.predict.inputs import check_unique_stems, expand_inputs
-    from nucleisam.predict.predictor import Predictor
+    size = int(read_export_metadata(args.model)["input_size"])
+    if args.tile is not None and args.tile != size:
+        raise NucleisamError(
+            f"--tile {args.tile}: {args.model} was exported for {size}×{size} tiles; use --tile {size} or "
+            f"export again with --input-size {args.tile}."
+        )
+    return size
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from nucleisam.batch import CohortOptions, check_formats, run_cohort
+    from nucleisam.predict.distributed import MethodSpec, default_torch_threads
     from nucleisam.predict.tiling import check_tiling
 
     method = _method(args)
-    onnx = method == "model" and args.backend == "onnxruntime"
-    if method == "model" and not onnx:
+    if method == "model":
         from nucleisam.model.inference import resolve_device
 
         resolve_device(args.device)
     if args.mpp is not None and not (args.mpp > 0 and math.isfinite(args.mpp)):
         raise NucleisamError(f"--mpp {args.mpp} must be a positive number of microns per pixel.")
-    tile = args.tile if args.tile is not None or onnx else DEFAULT_TILE  # ONNX: the file's size
-    if tile is not None:
-        check_tiling(tile, args.overlap)
+    tile = _tile(args, method)
+    check_tiling(tile, args.overlap)
     if args.batch_size < 1:
         raise NucleisamError(f"--batch-size {args.batch_size} must be at least 1.")
-    formats = parse_formats(args.formats)
-    images = expand_inputs(args.inputs)
-    check_unique_stems(images)
-    out = ensure_output_dir(args.out)
-    # Every target checked before the (slow) model load and the first image.
-    for image_path in images:
-        check_outputs_free(output_paths(out, image_path.stem, formats).values(), overwrite=args.overwrite)
-
-    if method == "classical":
-        predictor = Predictor.classical(tile=tile, overlap=args.overlap)
-    elif onnx:
-        predictor = Predictor.from_onnx(args.model, tile=tile, overlap=args.overlap,
-                                        batch_size=args.batch_size)
-    else:
-        predictor = Predictor.from_adapter(
-            args.adapter, checkpoint=args.checkpoint, device=args.device, tile=tile,
-            overlap=args.overlap, batch_size=args.batch_size,
-            allow_checkpoint_mismatch=args.allow_checkpoint_mismatch,
-        )
-
-    total_nuclei = 0
-    with tqdm(images, desc="images", unit="image", file=sys.stderr, disable=None) as bar:
-        for image_path in bar:
-            image = read_rgb(image_path)
-            with tqdm(desc=image_path.name, unit="tile", leave=False, file=sys.stderr, disable=None) as tiles:
-                result = predictor.predict(image, on_tile_done=tiles.update)
-            export_all(result.labels, image, out, image_path.stem, formats=formats, mpp=args.mpp,
-                       overwrite=args.overwrite)
-            total_nuclei += result.n_nuclei
-            height, width = image.shape[:2]
-            bar.write(f"{image_path}: {result.n_nuclei:,} nuclei in {result.seconds:.1f} s "
-                      f"({width}×{height} px, {result.n_tiles} tiles)", file=sys.stdout)
-    print(f"{len(images)} image(s), {total_nuclei:,} nuclei ({predictor.description}); "
-          f"outputs in {Path(out)}")
+    if args.workers < 0:
+        raise NucleisamError(f"--workers {args.workers} must be 0 or more.")
+    if args.chunk_tiles < 1:
+        raise NucleisamError(f"--chunk-tiles {args.chunk_tiles} must be at least 1.")
+    formats = check_formats(args.formats.split(",")) if args.formats is not None else None
+    spec = MethodSpec(
+        kind=method, adapter=args.adapter, model=args.model, checkpoint=args.checkpoint, device=args.device,
+        tile=tile, overlap=args.overlap, batch_size=args.batch_size,
+        allow_checkpoint_mismatch=args.allow_checkpoint_mismatch,
+        torch_threads=default_torch_threads(args.workers) if args.workers > 1 else None,
+    )
+    options = CohortOptions(method=spec, formats=formats, tissue=args.tissue, mpp=args.mpp,
+                            overwrite=args.overwrite, workers=args.workers, scheduler=args.scheduler,
+                            chunk_tiles=args.chunk_tiles)
+    run_cohort(args.inputs, args.out, options)
     return 0

@@ -35,7 +35,7 @@ _MASK_SUFFIXES = (*LABEL_SUFFIXES, ".xml")
 
 @dataclass(frozen=True)
 class Sample:
-    """One image tile with its instance labels and, where annotated, its ambiguous ("vague") mask.
+    """One image tile with its instance labels and, where annotated, its vague-area mask.
 
     ``labels_path`` is a label map (TIFF/PNG/NPY) or an Aperio XML file; ``binary_masks`` records
     that the label file is a binary mask to split into connected components.
@@ -46,7 +46,7 @@ class Sample:
     species: str
     image_path: Path
     labels_path: Path
-    ambiguous_path: Path | None = None
+    vague_path: Path | None = None
     binary_masks: bool = False
 
     @property
@@ -65,9 +65,9 @@ class Sample:
             return read_xml_instances(self.labels_path, (height, width))
         return read_label_map(self.labels_path, binary_masks=self.binary_masks)
 
-    def load_ambiguous(self) -> np.ndarray | None:
-        """``bool`` (H, W) mask of regions the annotators marked as ambiguous, or ``None``."""
-        return None if self.ambiguous_path is None else read_binary_mask(self.ambiguous_path)
+    def load_vague(self) -> np.ndarray | None:
+        """``bool`` (H, W) mask of regions the annotators marked as vague, or ``None``."""
+        return None if self.vague_path is None else read_binary_mask(self.vague_path)
 
 
 @dataclass
@@ -172,7 +172,7 @@ def _check_root(root: str | os.PathLike[str], option: str) -> Path:
 def _pair(
     images: dict[str, Path],
     labels: dict[str, Path],
-    ambiguous: dict[str, Path],
+    vague: dict[str, Path],
     *,
     organ: str,
     species: str,
@@ -194,7 +194,7 @@ def _pair(
         if channels < 3:
             problems.append(f"image {image_path} is grayscale; nucleisam needs RGB H&E images")
             continue
-        vague_path = ambiguous.get(stem)
+        vague_path = vague.get(stem)
         # XML polygons are rasterised at the image's size, so only raster masks can disagree.
         mask_paths = [p for p in (labels_path, vague_path) if p is not None and p.suffix.lower() != ".xml"]
         mismatch = None
@@ -212,7 +212,7 @@ def _pair(
             problems.append(mismatch)
             continue
         samples.append(Sample(stem=stem, organ=organ, species=species, image_path=image_path,
-                              labels_path=labels_path, ambiguous_path=vague_path, binary_masks=binary_masks))
+                              labels_path=labels_path, vague_path=vague_path, binary_masks=binary_masks))
     for stem, labels_path in labels.items():
         if stem not in images:
             problems.append(f"label mask without an image: {labels_path}")
@@ -286,16 +286,16 @@ def load_nuinsseg(root: str | os.PathLike[str], *, strict: bool = False) -> Data
             labels: dict[str, Path] = {}
         else:
             labels = _index_by_stem(_list_files(labels_dir, LABEL_SUFFIXES), "label mask", problems)
-        ambiguous: dict[str, Path] = {}
+        vague: dict[str, Path] = {}
         for names in _VAGUE_DIRS:
             vague_dir = _child_dir(organ_dir, *names)
             if vague_dir is not None:
-                ambiguous = _index_by_stem(_list_files(vague_dir, LABEL_SUFFIXES), "vague mask", problems)
+                vague = _index_by_stem(_list_files(vague_dir, LABEL_SUFFIXES), "vague mask", problems)
                 break
         if labels_dir is None:
             problems.extend(f"image without a label mask: {p}" for p in images.values())
             continue
-        samples.extend(_pair(images, labels, ambiguous, organ=organ, species=species,
+        samples.extend(_pair(images, labels, vague, organ=organ, species=species,
                              binary_masks=False, problems=problems))
     if n_images == 0:
         raise NucleisamError(f"no images found in {path}: the 'tissue images' folders are empty.")

@@ -1,4 +1,4 @@
-"""Counting what a data set holds: images, nuclei, organs, tiles with ambiguous areas, problems."""
+"""Counting what a data set holds: images, nuclei, organs, tiles with vague areas, problems."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from nucleisam.data.datasets import Dataset, Sample
 from nucleisam.data.labels import count_instances
 from nucleisam.errors import NucleisamError
 
-#: A vague mask covering more than this share of its tile counts as a substantial ambiguous area.
+#: A vague mask covering more than this share of its tile counts as a substantial vague area.
 #: In NuInsSeg many tiles carry only a tiny placeholder blob (≈40–110 px, touching no nucleus).
 SUBSTANTIAL_VAGUE_FRACTION = 0.01
 
@@ -59,12 +59,12 @@ def check_sample(sample: Sample) -> SampleCheck:
     try:
         height, width = sample.load_image().shape[:2]
         labels = sample.load_labels()
-        vague = sample.load_ambiguous()
+        vague = sample.load_vague()
     except NucleisamError as exc:
         return SampleCheck(sample, problem=str(exc))
     for what, array in (("label map", labels), ("vague mask", vague)):
         if array is not None and array.shape[:2] != (height, width):
-            path = sample.labels_path if what == "label map" else sample.ambiguous_path
+            path = sample.labels_path if what == "label map" else sample.vague_path
             return SampleCheck(
                 sample,
                 problem=f"{what} {path} is {array.shape[1]}×{array.shape[0]} px but its image "

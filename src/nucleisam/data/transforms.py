@@ -6,7 +6,7 @@ zero-padded at the bottom and right (its pixel normalisation belongs to the mode
 nearest neighbour, so instance ids survive unchanged.
 
 :class:`Augmenter` applies one random draw of flips, 90° rotations, mild zoom, H&E stain jitter and
-blur consistently to an image, its instance labels, its ambiguous mask and any extra float maps.
+blur consistently to an image, its instance labels, its vague mask and any extra float maps.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ class Augmented:
 
     image: np.ndarray
     labels: np.ndarray
-    ambiguous: np.ndarray | None = None
+    vague: np.ndarray | None = None
     maps: dict[str, np.ndarray] = field(default_factory=dict)
 
 
@@ -203,7 +203,7 @@ class Augmenter:
         self,
         image: np.ndarray,
         labels: np.ndarray,
-        ambiguous: np.ndarray | None = None,
+        vague: np.ndarray | None = None,
         maps: dict[str, np.ndarray] | None = None,
         *,
         rng: np.random.Generator | int,
@@ -213,7 +213,7 @@ class Augmenter:
         Args:
             image: RGB ``uint8`` (H, W, 3).
             labels: instance ids (H, W), any integer dtype; resampled nearest, so ids are preserved.
-            ambiguous: optional ``bool`` (H, W).
+            vague: optional ``bool`` (H, W).
             maps: optional float (H, W) maps (e.g. cached training targets); resampled bilinearly.
             rng: a ``np.random.Generator`` or an int seed; the same seed gives the same result.
         Returns:
@@ -224,7 +224,7 @@ class Augmenter:
         if image.shape != (height, width, 3) or image.dtype != np.uint8:
             raise ValueError(f"image must be uint8 (H, W, 3) matching labels {labels.shape}, got "
                              f"{image.dtype} {image.shape}")
-        for name, array in [("ambiguous", ambiguous), *(maps or {}).items()]:
+        for name, array in [("vague", vague), *(maps or {}).items()]:
             if array is not None and array.shape != (height, width):
                 raise ValueError(f"{name} has shape {array.shape}, expected {(height, width)}")
 
@@ -239,8 +239,8 @@ class Augmenter:
         sigma = float(generator.uniform(*self.blur_sigma))
 
         arrays: dict[str, np.ndarray] = {"image": image, "labels": labels}
-        if ambiguous is not None:
-            arrays["ambiguous"] = ambiguous
+        if vague is not None:
+            arrays["vague"] = vague
         for name, array in (maps or {}).items():
             arrays[f"map:{name}"] = np.asarray(array, dtype=np.float32)
 
@@ -266,7 +266,7 @@ class Augmenter:
         return Augmented(
             image=out_image,
             labels=np.ascontiguousarray(arrays["labels"]),
-            ambiguous=None if ambiguous is None else np.ascontiguousarray(arrays["ambiguous"]),
+            vague=None if vague is None else np.ascontiguousarray(arrays["vague"]),
             maps={name: np.ascontiguousarray(arrays[f"map:{name}"]) for name in (maps or {})},
         )
 
@@ -288,7 +288,7 @@ class Augmenter:
                 arrays[key] = np.clip(np.rint(np.stack(channels, axis=-1)), 0, 255).astype(np.uint8)
             elif key == "labels":
                 arrays[key] = _zoom(np.ascontiguousarray(array), factor, point, order=0, fill=0)
-            elif key == "ambiguous":
+            elif key == "vague":
                 zoomed = _zoom(np.ascontiguousarray(array).astype(np.uint8), factor, point, order=0, fill=0)
                 arrays[key] = zoomed.astype(bool)
             else:

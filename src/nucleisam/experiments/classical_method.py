@@ -59,7 +59,7 @@ class ClassicalMethod:
             "select_metric": tuning.metric,
             "val_default": tuning.start_score,
             "val_tuned": mean_scores(
-                (tile.labels, classical_instances(tile.image, self.params), tile.ambiguous) for tile in tiles
+                (tile.labels, classical_instances(tile.image, self.params), tile.vague) for tile in tiles
             ),
             "classical_params": to_dict(self.params),
         }

@@ -77,7 +77,7 @@ def _score_test(
         predictions = method.segment_all([tile.image for tile in tiles])
         for sample, tile, rows in zip(chunk, tiles, predictions, strict=True):
             for name, prediction in rows.items():
-                scores.update(name, sample, tile.labels, prediction, tile.ambiguous)
+                scores.update(name, sample, tile.labels, prediction, tile.vague)
             if budget > 0 and overlay_dir is not None:
                 path = overlay_dir / f"fold{split.index}_{sample.stem}.png"
                 write_overlay(path, tile.image, tile.labels, rows[method.primary])

@@ -39,19 +39,19 @@ class LabelledTile(NamedTuple):
 
     image: np.ndarray
     labels: np.ndarray
-    ambiguous: np.ndarray | None
+    vague: np.ndarray | None
 
 
 def load_tile(sample: Sample) -> LabelledTile:
-    return LabelledTile(sample.load_image(), sample.load_labels(), sample.load_ambiguous())
+    return LabelledTile(sample.load_image(), sample.load_labels(), sample.load_vague())
 
 
 def mean_scores(items: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray | None]]) -> dict[str, float]:
     """Per-image mean of every report metric over ``(labels, prediction, vague mask)`` triples, vague
     areas excluded: how a method's validation scores are recorded in ``metrics.json``."""
     accumulator = MetricAccumulator()
-    for labels, prediction, ambiguous in items:
-        accumulator.update(labels, prediction, ambiguous)
+    for labels, prediction, vague in items:
+        accumulator.update(labels, prediction, vague)
     mean = accumulator.compute().mean
     return {name: mean[name] for name in REPORT_METRICS}
 

@@ -72,7 +72,7 @@ def _scores(
     tiles: Sequence[DecodedSample], maps: Sequence[Maps], postprocess: PostprocessConfig
 ) -> dict[str, float]:
     return mean_scores(
-        (tile.labels, labels_from_maps(dict(tile_maps), postprocess), tile.ambiguous)
+        (tile.labels, labels_from_maps(dict(tile_maps), postprocess), tile.vague)
         for tile, tile_maps in zip(tiles, maps, strict=True)
     )
 
@@ -164,7 +164,7 @@ class ModelMethod:
         tiles = [self.cache.get(s) for s in val]
         maps = self._maps(self.model, [t.image for t in tiles])
         tuning = tune_postprocess(
-            [(m, t.labels, t.ambiguous) for m, t in zip(maps, tiles, strict=True)],
+            [(m, t.labels, t.vague) for m, t in zip(maps, tiles, strict=True)],
             config=self.config.postprocess,
             metric=metric,
         )
@@ -176,7 +176,7 @@ class ModelMethod:
         )
         record: dict[str, Any] = {"val_tuned": tuned, "postprocess": to_dict(self.postprocess)}
         if self.comparisons:
-            classical = tune_classical([(t.image, t.labels, t.ambiguous) for t in tiles], metric=metric)
+            classical = tune_classical([(t.image, t.labels, t.vague) for t in tiles], metric=metric)
             self.classical = classical.config
             log(
                 f"classical baseline tuned on the validation images: mean {classical.metric} "

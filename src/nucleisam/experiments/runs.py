@@ -94,11 +94,11 @@ class MethodScores:
         sample: Sample,
         labels: np.ndarray,
         prediction: np.ndarray,
-        ambiguous: np.ndarray | None = None,
+        vague: np.ndarray | None = None,
     ) -> None:
         """Score ``prediction`` (H, W int) against ``labels`` (H, W int) of ``sample``."""
         for variant in VARIANTS:
-            vague = ambiguous if variant == "vague_excluded" else None
+            vague = vague if variant == "vague_excluded" else None
             accumulator = self.accumulators.setdefault((method, variant), MetricAccumulator())
             metrics = accumulator.update(labels, prediction, vague, key=sample.stem)
             self.rows.append(

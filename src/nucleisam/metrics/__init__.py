@@ -21,7 +21,7 @@ from nucleisam.metrics.instance import (
     panoptic_quality,
     zone_footprint,
 )
-from nucleisam.metrics.table import OverlapTable, overlap_table, remove_ambiguous
+from nucleisam.metrics.table import OverlapTable, overlap_table, remove_vague
 
 __all__ = [
     "METRIC_NAMES",
@@ -41,6 +41,6 @@ __all__ = [
     "mean_segmentation_accuracy",
     "overlap_table",
     "panoptic_quality",
-    "remove_ambiguous",
+    "remove_vague",
     "zone_footprint",
 ]

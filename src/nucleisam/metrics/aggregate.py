@@ -3,7 +3,7 @@
 The field reports the **per-image mean** (each tile counts once); we also give the **pooled**
 value (sums of intersections/unions for AJI and AJI+, of TP/FP/FN and IoUs for PQ, of pixels for
 Dice, of TP per threshold for mSA, over all images, then one ratio), the **nuclei-weighted mean**
-(NucEval's normalisation: weights = GT nuclei per image after the ambiguous rule) and the
+(NucEval's normalisation: weights = GT nuclei per image after the vague rule) and the
 sample standard deviation of the per-image values.
 """
 
@@ -65,7 +65,7 @@ class MetricAccumulator:
     >>> summary.mean["aji"], summary.pooled["aji"]      # doctest: +SKIP
     """
 
-    ambiguous_threshold: float = 0.25
+    vague_threshold: float = 0.25
     zone_width: int = 0
     _keys: list[str] = field(default_factory=list, init=False, repr=False)
     _counts: list[InstanceCounts] = field(default_factory=list, init=False, repr=False)
@@ -74,7 +74,7 @@ class MetricAccumulator:
         self,
         gt: np.ndarray,
         pred: np.ndarray,
-        ambiguous: np.ndarray | None = None,
+        vague: np.ndarray | None = None,
         *,
         key: str | None = None,
     ) -> dict[str, float | int]:
@@ -83,7 +83,7 @@ class MetricAccumulator:
         if key in self._keys:
             raise NucleisamError(f"image key {key!r} was already scored; keys must be unique.")
         counts = image_counts(
-            gt, pred, ambiguous, ambiguous_threshold=self.ambiguous_threshold, zone_width=self.zone_width
+            gt, pred, vague, vague_threshold=self.vague_threshold, zone_width=self.zone_width
         )
         self._keys.append(key)
         self._counts.append(counts)

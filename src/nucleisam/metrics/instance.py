@@ -22,7 +22,7 @@ Definitions (per image, on instance label maps; ids need not be contiguous):
   when a pair has IoU exactly 0.5.
 
 No epsilon terms: a perfect prediction scores exactly 1.0. NucEval's conventions apply to empty
-maps (both empty → every metric 1.0; exactly one empty → 0.0), to ambiguous regions and to
+maps (both empty → every metric 1.0; exactly one empty → 0.0), to vague regions and to
 boundary zones (see :func:`evaluate_instances`).
 """
 
@@ -39,7 +39,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from nucleisam.errors import NucleisamError
-from nucleisam.metrics.table import OverlapTable, as_label_map, overlap_table, remove_ambiguous
+from nucleisam.metrics.table import OverlapTable, as_label_map, overlap_table, remove_vague
 
 #: IoU thresholds of the mean segmentation accuracy: 0.50, 0.55, ..., 0.95 (k / 20 exactly).
 MSA_THRESHOLDS: tuple[float, ...] = tuple(k / 20 for k in range(10, 20))
@@ -352,36 +352,36 @@ def _check_fraction(value: float, name: str, *, low: float = 0.0, high: float = 
 def image_counts(
     gt: np.ndarray,
     pred: np.ndarray,
-    ambiguous: np.ndarray | None = None,
+    vague: np.ndarray | None = None,
     *,
-    ambiguous_threshold: float = 0.25,
+    vague_threshold: float = 0.25,
     zone_width: int = 0,
     match_iou: float = 0.5,
 ) -> InstanceCounts:
     """The additive :class:`InstanceCounts` of one image (see :func:`evaluate_instances`)."""
-    ambiguous_threshold = _check_fraction(ambiguous_threshold, "ambiguous_threshold")
+    vague_threshold = _check_fraction(vague_threshold, "vague_threshold")
     match_iou = _check_fraction(match_iou, "match_iou")
     if int(zone_width) != zone_width or zone_width < 0:
         raise NucleisamError(f"zone_width must be a whole number of pixels >= 0, got {zone_width}.")
     if zone_width == 0:
-        table = overlap_table(gt, pred, ambiguous=ambiguous, ambiguous_threshold=ambiguous_threshold)
+        table = overlap_table(gt, pred, vague=vague, vague_threshold=vague_threshold)
     else:
         gt = as_label_map(gt, name="ground truth")
         pred = as_label_map(pred, name="prediction")
-        if ambiguous is not None:
-            # The zone is drawn around the GT that survives the ambiguous rule (NucEval's order).
-            gt = remove_ambiguous(gt, ambiguous, threshold=ambiguous_threshold)
-            pred = remove_ambiguous(pred, ambiguous, threshold=ambiguous_threshold)
+        if vague is not None:
+            # The zone is drawn around the GT that survives the vague rule (NucEval's order).
+            gt = remove_vague(gt, vague, threshold=vague_threshold)
+            pred = remove_vague(pred, vague, threshold=vague_threshold)
         zone = boundary_zone(gt, int(zone_width))
-        table = overlap_table(gt, pred, ambiguous=zone, ambiguous_threshold=None)
+        table = overlap_table(gt, pred, vague=zone, vague_threshold=None)
     return counts_from_table(table, match_iou=match_iou)
 
 
 def evaluate_instances(
     gt: np.ndarray,
     pred: np.ndarray,
-    ambiguous: np.ndarray | None = None,
-    ambiguous_threshold: float = 0.25,
+    vague: np.ndarray | None = None,
+    vague_threshold: float = 0.25,
     zone_width: int = 0,
 ) -> dict[str, float | int]:
     """All metrics of one image: Dice, AJI, AJI+, DQ, SQ, PQ, mSA, F1 and the counts behind PQ.
@@ -390,23 +390,23 @@ def evaluate_instances(
     ----------
     gt, pred : (H, W) integer arrays
         Instance label maps (0 = background; any non-negative ids).
-    ambiguous : (H, W) array or None
-        Vague-area mask (non-zero = ambiguous). NucEval's rule: an instance, GT or predicted, with
-        more than ``ambiguous_threshold`` of its area inside it is removed from its map (exactly
-        25 % stays); then the ambiguous pixels are blanked in both maps.
+    vague : (H, W) array or None
+        Vague-area mask (non-zero = vague). NucEval's rule: an instance, GT or predicted, with
+        more than ``vague_threshold`` of its area inside it is removed from its map (exactly
+        25 % stays); then the vague pixels are blanked in both maps.
     zone_width : int
         NucEval's boundary-uncertainty ring (0 = off): pixels within ``zone_width`` of a GT border,
-        see :func:`boundary_zone`, are blanked in both maps after the ambiguous rule; instances
+        see :func:`boundary_zone`, are blanked in both maps after the vague rule; instances
         left without pixels disappear.
 
     Returns
     -------
     dict
         ``dice, aji, aji_plus, dq, sq, pq, msa, f1`` (floats) and ``n_gt, n_pred, tp, fp, fn``
-        (ints: instances after the ambiguous rule and zone; PQ's matches at IoU > 0.5).
+        (ints: instances after the vague rule and zone; PQ's matches at IoU > 0.5).
     """
     counts = image_counts(
-        gt, pred, ambiguous, ambiguous_threshold=ambiguous_threshold, zone_width=zone_width
+        gt, pred, vague, vague_threshold=vague_threshold, zone_width=zone_width
     )
     return counts.row()
 

@@ -10,7 +10,7 @@ computes them together, without a loop over instances:
   pixels with the same (gt, pred, excluded) triple; a 2000² map with 3,000 nuclei has about
   2·10⁵ runs against 4·10⁶ pixels) and only the runs are sorted.
 
-The ``excluded`` bit carries NucEval's ambiguous-region rule (see :func:`overlap_table`), so that
+The ``excluded`` bit carries NucEval's vague-region rule (see :func:`overlap_table`), so that
 removing instances and blanking vague pixels costs no second pass either.
 """
 
@@ -172,14 +172,14 @@ def _over_threshold(ids: np.ndarray, count: np.ndarray, inside: np.ndarray, thre
     return unique[area_inside / area > threshold]
 
 
-def remove_ambiguous(labels: np.ndarray, ambiguous: np.ndarray, *, threshold: float = 0.25) -> np.ndarray:
-    """NucEval's ambiguous-region rule for one label map.
+def remove_vague(labels: np.ndarray, vague: np.ndarray, *, threshold: float = 0.25) -> np.ndarray:
+    """NucEval's vague-region rule for one label map.
 
-    Instances with more than ``threshold`` of their area inside ``ambiguous`` are removed, then the
-    ambiguous pixels are set to 0. Returns a new map of the same dtype.
+    Instances with more than ``threshold`` of their area inside ``vague`` are removed, then the
+    vague pixels are set to 0. Returns a new map of the same dtype.
     """
     labels = as_label_map(labels, name="label map")
-    mask = as_mask(ambiguous, name="ambiguous mask", shape=labels.shape)
+    mask = as_mask(vague, name="vague mask", shape=labels.shape)
     ids, _, flag, count = _joint_counts(labels, np.zeros(labels.shape, np.uint8), mask)
     removed = _over_threshold(ids, count, flag == 1, threshold)
     cleaned = labels.copy()
@@ -191,28 +191,28 @@ def overlap_table(
     gt: np.ndarray,
     pred: np.ndarray,
     *,
-    ambiguous: np.ndarray | None = None,
-    ambiguous_threshold: float | None = 0.25,
+    vague: np.ndarray | None = None,
+    vague_threshold: float | None = 0.25,
 ) -> OverlapTable:
     """Build the :class:`OverlapTable` of two label maps of the same shape.
 
-    With an ``ambiguous`` mask, NucEval's rule applies (as :func:`remove_ambiguous` on each map):
-    an instance, GT or predicted, with more than ``ambiguous_threshold`` of its own area inside the
-    mask is removed from its map; then the ambiguous pixels are blanked in both maps, so the
-    remaining instances lose them. With ``ambiguous_threshold=None`` no instance is removed and the
+    With an ``vague`` mask, NucEval's rule applies (as :func:`remove_vague` on each map):
+    an instance, GT or predicted, with more than ``vague_threshold`` of its own area inside the
+    mask is removed from its map; then the vague pixels are blanked in both maps, so the
+    remaining instances lose them. With ``vague_threshold=None`` no instance is removed and the
     mask only blanks pixels (used for boundary zones).
     """
     gt = as_label_map(gt, name="ground truth")
     pred = as_label_map(pred, name="prediction")
     if gt.shape != pred.shape:
         raise NucleisamError(f"ground truth has shape {gt.shape} but prediction has shape {pred.shape}.")
-    excluded = None if ambiguous is None else as_mask(ambiguous, name="ambiguous mask", shape=gt.shape)
+    excluded = None if vague is None else as_mask(vague, name="vague mask", shape=gt.shape)
 
     gt_id, pred_id, flag, count = _joint_counts(gt, pred, excluded)
     kept = flag == 0
-    if excluded is not None and ambiguous_threshold is not None:
-        gt_removed = _over_threshold(gt_id, count, ~kept, ambiguous_threshold)
-        pred_removed = _over_threshold(pred_id, count, ~kept, ambiguous_threshold)
+    if excluded is not None and vague_threshold is not None:
+        gt_removed = _over_threshold(gt_id, count, ~kept, vague_threshold)
+        pred_removed = _over_threshold(pred_id, count, ~kept, vague_threshold)
         gt_id = np.where(np.isin(gt_id, gt_removed), 0, gt_id)
         pred_id = np.where(np.isin(pred_id, pred_removed), 0, pred_id)
 

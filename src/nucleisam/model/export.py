@@ -13,8 +13,8 @@ merged into the base weights, BatchNorm folded) with SAM's pixel normalisation i
 
 The file carries one JSON document (:func:`export_metadata`) under the key ``nucleisam``: ONNX
 ``metadata_props``, TorchScript extra file ``nucleisam.json``. It records the input and outputs,
-the post-processing parameters to turn the maps into nuclei, the training resolution (``train_mpp``,
-when the adapter records it) and where the model came from.
+the post-processing parameters to turn the maps into nuclei, the training resolution (``train_mpp``;
+NuInsSeg's for adapters that record none) and where the model came from.
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ def export_metadata(
     """The JSON document stored in an exported file.
 
     ``source`` is the adapter's metadata (post-processing parameters, ``train_mpp``) plus where it
-    came from (``file``, ``sha256``); without it, default post-processing and no training
-    resolution are recorded.
+    came from (``file``, ``sha256``); what it does not record gets the defaults adapters get
+    (default post-processing, NuInsSeg's resolution).
     """
     source = source or {}
     postprocess = adapter_postprocess(source, source.get("file", "(no adapter)"))
@@ -110,7 +110,7 @@ def export_metadata(
         "output_shape": ["batch", 1, input_size, input_size],
         "foreground": "probability (sigmoid applied)",
         "postprocess": to_dict(postprocess),
-        "train_mpp": adapter_train_mpp(source) if source else None,
+        "train_mpp": adapter_train_mpp(source),
         "model": model_entry(model.config),
         "base_checkpoint_sha256": model.base_checkpoint_sha256,
         "adapter": {key: source[key] for key in ("file", "sha256") if key in source},

@@ -38,7 +38,7 @@ FOREGROUND_SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
     "min_area": (0, 10, 20, 40),
 }
 
-#: One validation item: (model maps or image, GT instance labels, ambiguous mask or None).
+#: One validation item: (model maps or image, GT instance labels, vague mask or None).
 Item = tuple[Any, np.ndarray, "np.ndarray | None"]
 
 
@@ -63,14 +63,14 @@ def tune_postprocess(
     strategy: Literal["coordinate", "grid"] = "coordinate",
     metric: str = "aji",
     max_rounds: int = 3,
-    ambiguous_threshold: float = 0.25,
+    vague_threshold: float = 0.25,
 ) -> TuningResult:
     """Search parameters that maximise the per-image mean of ``metric`` over ``items``.
 
     Parameters
     ----------
     items
-        Validation images as ``(input, gt_labels, ambiguous_or_None)``; ``input`` is what
+        Validation images as ``(input, gt_labels, vague_or_None)``; ``input`` is what
         ``segment`` takes (a dict of maps for :func:`labels_from_maps`, an RGB image for the
         classical baseline).
     search_space
@@ -113,9 +113,9 @@ def tune_postprocess(
     def score(candidate: Any) -> float:
         if candidate not in scores:
             values = []
-            for source, gt, ambiguous in items:
+            for source, gt, vague in items:
                 counts = image_counts(
-                    gt, segment(source, candidate), ambiguous, ambiguous_threshold=ambiguous_threshold
+                    gt, segment(source, candidate), vague, vague_threshold=vague_threshold
                 )
                 values.append(counts.metrics()[metric])
             scores[candidate] = math.fsum(values) / len(values)

@@ -28,7 +28,7 @@ from the tile whose core holds it).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,15 +112,15 @@ class TileGrid:
         return len(self.origins_y) * len(self.origins_x)
 
     def __iter__(self) -> Iterator[Tile]:
-        index = 0
-        for row, y0 in enumerate(self.origins_y):
-            for col, x0 in enumerate(self.origins_x):
-                y1, x1 = min(y0 + self.tile, self.height), min(x0 + self.tile, self.width)
-                yield Tile(
-                    index, row, col, y0, x0, y1, x1,
-                    self.bounds_y[row], self.bounds_x[col], self.bounds_y[row + 1], self.bounds_x[col + 1],
-                )
-                index += 1
+        return (self.tile_at(index) for index in range(len(self)))
+
+    def tile_at(self, index: int) -> Tile:
+        """The tile with this index (row-major order, as iteration yields them)."""
+        row, col = divmod(index, len(self.origins_x))
+        y0, x0 = self.origins_y[row], self.origins_x[col]
+        y1, x1 = min(y0 + self.tile, self.height), min(x0 + self.tile, self.width)
+        return Tile(index, row, col, y0, x0, y1, x1,
+                    self.bounds_y[row], self.bounds_x[col], self.bounds_y[row + 1], self.bounds_x[col + 1])
 
 
     def margins(self, start: np.ndarray, stop: np.ndarray, *, axis: int) -> np.ndarray:
@@ -139,6 +139,27 @@ class TileGrid:
         margin = np.minimum(low, high)
         holds = (start >= origins) & (stop <= ends) & (margin > 0)
         return np.where(holds, margin, -1)
+
+
+    def neighbourhood(self, row0: int, row1: int, col0: int, col1: int) -> tuple[slice, slice]:
+        """Tile rows and columns that can hold an object lying in tiles ``[row0, row1) × [col0,
+        col1)``: those two steps around (only overlapping tiles can, and they are neighbours)."""
+        return (slice(max(row0 - 2, 0), min(row1 + 2, len(self.origins_y))),
+                slice(max(col0 - 2, 0), min(col1 + 2, len(self.origins_x))))
+
+    def central(self, y0: np.ndarray, y1: np.ndarray, x0: np.ndarray, x1: np.ndarray, rows: slice,
+                cols: slice, run: np.ndarray | None = None) -> np.ndarray:
+        """(n, rows, cols) bool: for each box ``[y0, y1) × [x0, x1)``, the tiles of the sub-grid
+        ``rows × cols`` that hold it away from their inner edges and are the most central such tiles
+        (within ``CENTRAL_TOLERANCE`` per axis), among the tiles of ``run`` (None: all)."""
+        margin_y = self.margins(y0, y1, axis=0)[rows].T[:, :, None]
+        margin_x = self.margins(x0, x1, axis=1)[cols].T[:, None, :]
+        holds = (margin_y > 0) & (margin_x > 0)
+        if run is not None:
+            holds &= run[rows, cols][None]
+        best_y = np.where(holds, margin_y, -1).max(axis=(1, 2), initial=-1)[:, None, None]
+        best_x = np.where(holds, margin_x, -1).max(axis=(1, 2), initial=-1)[:, None, None]
+        return holds & (margin_y >= best_y - CENTRAL_TOLERANCE) & (margin_x >= best_x - CENTRAL_TOLERANCE)
 
 
 def check_tiling(tile: int, overlap: int) -> None:
@@ -166,16 +187,28 @@ class InstanceStitcher:
     """Accumulates per-tile instance labels into one int32 label map (rules in the module doc).
 
     Call :meth:`add` once per tile of ``grid`` (any order), then :meth:`finish`, which renumbers
-    the surviving instances 1..n in pasting order.
+    the surviving instances 1..n in pasting order and sets ``sources`` (the tile index each came
+    from) and ``provisional`` (cut instances), indexed by new id - 1. With ``window`` only that
+    part of the image is held (a slide chunk: the tiles added must lie inside it); the decisions
+    still use the whole grid, so they are the ones the whole-image stitcher would take. ``run``
+    marks the tiles that are segmented at all (slides skip tiles without tissue): a nucleus is then
+    kept by the most central tile among those.
     """
 
-    def __init__(self, grid: TileGrid) -> None:
+    def __init__(self, grid: TileGrid, window: tuple[int, int, int, int] | None = None,
+                 run: np.ndarray | None = None) -> None:
         self.grid = grid
-        self.labels = np.zeros((grid.height, grid.width), dtype=np.int32)
+        # Which tiles exist in this run, (rows, cols) bool (None: all): skipped ones never keep anything.
+        self.run = run
+        # The part of the image held in memory, (y0, x0, y1, x1): all of it, or one slide chunk's region.
+        self.window = window or (0, 0, grid.height, grid.width)
+        y0, x0, y1, x1 = self.window
+        self.labels = np.zeros((y1 - y0, x1 - x0), dtype=np.int32)
         self._next_id = 1
-        # Indexed by global id (0 = background): pasted provisionally / removed again.
+        # Indexed by global id (0 = background): pasted provisionally / removed again / source tile.
         self._provisional = np.zeros(1024, dtype=bool)
         self._removed = np.zeros(1024, dtype=bool)
+        self._source = np.full(1024, -1, dtype=np.int64)
 
     def _reserve(self, count: int) -> np.ndarray:
         first = self._next_id
@@ -186,6 +219,7 @@ class InstanceStitcher:
             grow = max(self._next_id, 2 * len(self._provisional)) - len(self._provisional)
             self._provisional = np.concatenate([self._provisional, np.zeros(grow, dtype=bool)])
             self._removed = np.concatenate([self._removed, np.zeros(grow, dtype=bool)])
+            self._source = np.concatenate([self._source, np.full(grow, -1, dtype=np.int64)])
         return np.arange(first, first + count)
 
     def _decide(self, tile: Tile, local: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -196,14 +230,12 @@ class InstanceStitcher:
                            for box in boxes], dtype=np.int64).reshape(-1, 4)
         y0, y1 = extent[:, 0] + tile.y0, extent[:, 1] + tile.y0
         x0, x1 = extent[:, 2] + tile.x0, extent[:, 3] + tile.x0
-        height, width = self.labels.shape
+        height, width = self.grid.height, self.grid.width
         cut = ((tile.y0 > 0) & (y0 == tile.y0)) | ((tile.y1 < height) & (y1 == tile.y1))
         cut |= ((tile.x0 > 0) & (x0 == tile.x0)) | ((tile.x1 < width) & (x1 == tile.x1))
-        central = np.ones(len(boxes), dtype=bool)
-        for axis, start, stop, index in ((0, y0, y1, tile.row), (1, x0, x1, tile.col)):
-            margins = self.grid.margins(start, stop, axis=axis)
-            mine = margins[index]
-            central &= (mine > 0) & (mine >= margins.max(axis=0) - CENTRAL_TOLERANCE)
+        rows, cols = self.grid.neighbourhood(tile.row, tile.row + 1, tile.col, tile.col + 1)
+        central = self.grid.central(y0, y1, x0, x1, rows, cols, self.run)
+        central = central[:, tile.row - rows.start, tile.col - cols.start]
 
         flat = local.ravel()
         area = np.bincount(flat, minlength=size)[1:].astype(np.float64)
@@ -231,7 +263,10 @@ class InstanceStitcher:
         flat = local.ravel()
         area = np.bincount(flat, minlength=size)
 
-        region = self.labels[tile.y0 : tile.y1, tile.x0 : tile.x1]
+        wy, wx = self.window[:2]
+        region = self.labels[tile.y0 - wy : tile.y1 - wy, tile.x0 - wx : tile.x1 - wx]
+        if region.shape != (height, width):
+            raise ValueError(f"tile {tile.index} lies outside the stitcher's window {self.window}")
         taken = region != 0
         firm = taken & ~self._provisional[region]
         # Complete instances only yield to firm ones; cut ones to anything already there.
@@ -256,6 +291,7 @@ class InstanceStitcher:
         new_ids = np.zeros(size, dtype=np.int64)
         new_ids[keep] = self._reserve(int(keep.sum()))
         self._provisional[new_ids[keep & cut]] = True
+        self._source[new_ids[keep]] = tile.index
         paste = (complete_pixels & ~firm) | ((keep & cut)[local] & ~taken)
         region[paste] = new_ids[local[paste]]
 
@@ -265,6 +301,8 @@ class InstanceStitcher:
         alive = ~self._removed[:used]
         alive[0] = False
         count = int(alive.sum())
+        self.sources = self._source[:used][alive]
+        self.provisional = self._provisional[:used][alive]
         if count != used - 1:
             lookup = np.zeros(used, dtype=np.int32)
             lookup[alive] = np.arange(1, count + 1, dtype=np.int32)
@@ -310,28 +348,54 @@ def predict_tiled(
     grid = TileGrid.for_image(height, width, tile=tile, overlap=overlap)
     stitcher = InstanceStitcher(grid)
     stitched_maps: dict[str, np.ndarray] | None = {} if return_maps else None
-    tiles = list(grid)
+
+    def tile_done(item: Tile, tile_maps: Mapping[str, np.ndarray]) -> None:
+        if stitched_maps is not None:
+            _paste_core(stitched_maps, tile_maps, item, height, width)
+        if on_tile_done is not None:
+            on_tile_done(1)
+
+    stitch_tiles(image, list(grid), stitcher, label_fn=label_fn, map_fn=map_fn, batch_size=batch_size,
+                 pad_value=pad_value, on_tile_done=tile_done)
+    labels, count = stitcher.finish()
+    return TiledResult(labels, count, len(grid), stitched_maps)
+
+
+def stitch_tiles(
+    image: np.ndarray,
+    tiles: Sequence[Tile],
+    stitcher: InstanceStitcher,
+    *,
+    label_fn: LabelFn,
+    map_fn: MapFn | None,
+    batch_size: int,
+    pad_value: int = 255,
+    on_tile_done: Callable[[Tile, Mapping[str, np.ndarray]], object] | None = None,
+) -> None:
+    """Run ``tiles`` (in the given order, ``batch_size`` per network call) and add each to ``stitcher``.
+
+    ``image`` holds the stitcher's window (the whole image, or one slide chunk's region); tile
+    coordinates are those of the whole image.
+    """
+    size = stitcher.grid.tile
+    wy, wx = stitcher.window[:2]
     for start in range(0, len(tiles), batch_size):
         batch = tiles[start : start + batch_size]
-        crops = np.full((len(batch), tile, tile, 3), pad_value, dtype=np.uint8)
+        crops = np.full((len(batch), size, size, 3), pad_value, dtype=np.uint8)
         for slot, item in enumerate(batch):
-            window = image[item.y0 : item.y1, item.x0 : item.x1]
+            window = image[item.y0 - wy : item.y1 - wy, item.x0 - wx : item.x1 - wx]
             crops[slot, : window.shape[0], : window.shape[1]] = window
         maps = dict(map_fn(crops)) if map_fn is not None else {}
         for name, values in maps.items():
-            if values.shape[:3] != (len(batch), tile, tile):
+            if values.shape[:3] != (len(batch), size, size):
                 raise ValueError(f"map_fn returned {name} of shape {values.shape}, expected "
-                                 f"({len(batch)}, {tile}, {tile})")
+                                 f"({len(batch)}, {size}, {size})")
         for slot, item in enumerate(batch):
             h, w = item.y1 - item.y0, item.x1 - item.x0
             tile_maps = {name: values[slot, :h, :w] for name, values in maps.items()}
             stitcher.add(item, np.asarray(label_fn(tile_maps, crops[slot, :h, :w])))
-            if stitched_maps is not None:
-                _paste_core(stitched_maps, tile_maps, item, height, width)
             if on_tile_done is not None:
-                on_tile_done(1)
-    labels, count = stitcher.finish()
-    return TiledResult(labels, count, len(grid), stitched_maps)
+                on_tile_done(item, tile_maps)
 
 
 def _paste_core(

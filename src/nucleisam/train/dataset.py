@@ -40,17 +40,17 @@ class SampleLike(Protocol):
     stem: str
     image_path: Path
     labels_path: Path
-    ambiguous_path: Path | None
+    vague_path: Path | None
 
     def load_image(self) -> np.ndarray: ...
     def load_labels(self) -> np.ndarray: ...
-    def load_ambiguous(self) -> np.ndarray | None: ...
+    def load_vague(self) -> np.ndarray | None: ...
 
 
 class Augmented(Protocol):
     image: np.ndarray
     labels: np.ndarray
-    ambiguous: np.ndarray | None
+    vague: np.ndarray | None
     maps: dict[str, np.ndarray]
 
 
@@ -62,7 +62,7 @@ class Augment(Protocol):
         self,
         image: np.ndarray,
         labels: np.ndarray,
-        ambiguous: np.ndarray | None = None,
+        vague: np.ndarray | None = None,
         maps: dict[str, np.ndarray] | None = None,
         *,
         rng: np.random.Generator,
@@ -82,7 +82,7 @@ class DecodedSample:
 
     image: np.ndarray
     labels: np.ndarray
-    ambiguous: np.ndarray | None
+    vague: np.ndarray | None
     targets: Mapping[str, np.ndarray]
 
 
@@ -108,7 +108,7 @@ class SampleCache:
     def _disk_path(self, sample: SampleLike) -> Path:
         """A file name that changes whenever one of the tile's source files changes."""
         digest = hashlib.sha256()
-        for path in (sample.image_path, sample.labels_path, sample.ambiguous_path):
+        for path in (sample.image_path, sample.labels_path, sample.vague_path):
             if path is None:
                 digest.update(b"none")
                 continue
@@ -120,18 +120,18 @@ class SampleCache:
     def _load(self, sample: SampleLike) -> DecodedSample:
         image = sample.load_image()
         labels = sample.load_labels().astype(np.int32, copy=False)
-        ambiguous = sample.load_ambiguous()
+        vague = sample.load_vague()
         if self.mode == "disk":
             file = self._disk_path(sample)
             if file.is_file():
                 with np.load(file) as stored:
                     targets = {k: stored[k] for k in TARGET_KEYS}
-                return DecodedSample(image, labels, ambiguous, targets)
+                return DecodedSample(image, labels, vague, targets)
         targets = {k: np.asarray(v, dtype=np.float32) for k, v in self.targets_fn(labels).items()}
         if self.mode == "disk":
             with atomic_output(self._disk_path(sample)) as tmp, open(tmp, "wb") as handle:
                 np.savez_compressed(handle, **{k: targets[k] for k in TARGET_KEYS})
-        return DecodedSample(image, labels, ambiguous, targets)
+        return DecodedSample(image, labels, vague, targets)
 
     def get(self, sample: SampleLike) -> DecodedSample:
         cached = self._memory.get(sample.stem)
@@ -161,8 +161,8 @@ def tile_tensors(data: DecodedSample) -> dict[str, torch.Tensor]:
         out[key] = torch.from_numpy(np.ascontiguousarray(data.targets[key], dtype=np.float32))[None]
     valid = (
         np.ones(data.labels.shape, np.float32)
-        if data.ambiguous is None
-        else (~data.ambiguous).astype(np.float32)
+        if data.vague is None
+        else (~data.vague).astype(np.float32)
     )
     out["valid"] = torch.from_numpy(valid)[None]
     return out
@@ -198,9 +198,9 @@ class TrainingDataset(torch.utils.data.Dataset):
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, epoch, index])
             distances = {k: v for k, v in data.targets.items() if k != "foreground"}
-            out = self.augment(data.image, data.labels, data.ambiguous, distances, rng=rng)
+            out = self.augment(data.image, data.labels, data.vague, distances, rng=rng)
             targets = {"foreground": (out.labels > 0).astype(np.float32), **out.maps}
-            data = DecodedSample(out.image, out.labels, out.ambiguous, targets)
+            data = DecodedSample(out.image, out.labels, out.vague, targets)
         return {**tile_tensors(data), "index": index}
 
 

@@ -1,4 +1,4 @@
-"""Training losses for the two heads, with ambiguous (vague-area) pixels excluded from every term.
+"""Training losses for the two heads, with vague-area pixels excluded from every term.
 
 Every term is computed per image (a mean over that image's valid pixels) and then averaged over the
 batch. Per-image reduction makes the loss of a batch the mean of its images' losses, so the gradient

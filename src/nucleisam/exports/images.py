@@ -34,18 +34,16 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage as ndi
-from skimage.measure import find_contours
 from skimage.segmentation import find_boundaries
 
 from nucleisam.data.labels import PREDICTED_LABELS_SUFFIX, PREDICTED_OVERLAY_SUFFIX
 from nucleisam.errors import NucleisamError
-from nucleisam.morphometry import check_label_map, compact_labels, measure_nuclei
+from nucleisam.morphometry import check_label_map, iter_nucleus_polygons, measure_nuclei
 from nucleisam.utils.atomic import atomic_output, check_outputs_free
 
 #: Export formats in the order the CLI lists them.
 EXPORT_FORMATS: tuple[str, ...] = ("tiff", "geojson", "csv", "overlay")
-_SUFFIXES: dict[str, str] = {
+OUTPUT_SUFFIXES: dict[str, str] = {
     "tiff": f"{PREDICTED_LABELS_SUFFIX}.tif",
     "geojson": "_nuclei.geojson",
     "csv": "_nuclei.csv",
@@ -57,7 +55,6 @@ OVERLAY_MAX_SIDE = 4096
 NUCLEUS_CLASS = ("Nucleus", (0, 200, 80))
 # Deterministic feature UUIDs: the same image and labels give byte-identical GeoJSON.
 _UUID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/nucleisam/nucleisam/nucleus")
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 def parse_formats(text: str | Sequence[str], *, option: str = "formats") -> tuple[str, ...]:
@@ -75,7 +72,7 @@ def parse_formats(text: str | Sequence[str], *, option: str = "formats") -> tupl
 
 def output_paths(out_dir: str | os.PathLike[str], stem: str, formats: Iterable[str]) -> dict[str, Path]:
     """The file each format writes for the image ``stem`` in ``out_dir``."""
-    return {name: Path(out_dir) / f"{stem}{_SUFFIXES[name]}" for name in formats}
+    return {name: Path(out_dir) / f"{stem}{OUTPUT_SUFFIXES[name]}" for name in formats}
 
 
 def label_dtype(labels: np.ndarray) -> np.dtype:
@@ -114,60 +111,12 @@ def write_label_tiff(
     return Path(path)
 
 
-def _drop_collinear(ring: np.ndarray) -> np.ndarray:
-    """Remove vertices of a closed ring (first == last) that lie on a straight run.
-
-    The contour vertices sit on the half-pixel grid, so the cross products are exact.
-    """
-    points = ring[:-1]
-    before = points - np.roll(points, 1, axis=0)
-    after = np.roll(points, -1, axis=0) - points
-    cross = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
-    keep = points[cross != 0]
-    return np.concatenate([keep, keep[:1]])
-
-
-def iter_nucleus_polygons(labels: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-    """``(id, ring)`` per nucleus in increasing id order; the ring is an (N, 2) array of ``x, y``
-    in QuPath pixel coordinates.
-
-    Rings start and end at the same vertex; collinear vertices are dropped. Coordinates lie on
-    the half-pixel grid between pixel centres, so no pixel centre falls on a ring.
-    """
-    labels, original_ids = compact_labels(check_label_map(labels))
-    top = int(labels.max(initial=0))
-    if top == 0:
-        return
-    for index, box in enumerate(ndi.find_objects(labels, max_label=top)):
-        if box is None:
-            continue
-        label_id = index + 1
-        # One pixel of background around the box so every ring closes inside the crop.
-        mask = np.pad(labels[box] == label_id, 1)
-        # 'high': diagonal neighbours are connected (8-connected pieces, 4-connected holes).
-        contours = find_contours(mask.astype(np.float32), 0.5, fully_connected="high")
-        if len(contours) > 1:  # holes or several pieces: fill the holes, keep the largest piece
-            mask = ndi.binary_fill_holes(mask)
-            pieces, count = ndi.label(mask, structure=_EIGHT_CONNECTED)
-            if count > 1:
-                sizes = np.bincount(pieces.ravel())
-                sizes[0] = 0
-                mask = pieces == int(sizes.argmax())
-            contours = find_contours(mask.astype(np.float32), 0.5, fully_connected="high")
-        ring = _drop_collinear(max(contours, key=len))
-        # (row, col) in the padded crop → x, y with pixel centres at +0.5.
-        xy = np.empty_like(ring)
-        xy[:, 0] = ring[:, 1] - 1 + box[1].start + 0.5
-        xy[:, 1] = ring[:, 0] - 1 + box[0].start + 0.5
-        yield (label_id if original_ids is None else int(original_ids[label_id])), xy
-
-
 def nucleus_polygons(labels: np.ndarray) -> dict[int, np.ndarray]:
     """All rings of :func:`iter_nucleus_polygons` as an id → ring dictionary."""
     return dict(iter_nucleus_polygons(labels))
 
 
-def _rounded_rows(measurements: Mapping[str, np.ndarray]) -> tuple[list[str], list[list[float | int]]]:
+def rounded_rows(measurements: Mapping[str, np.ndarray]) -> tuple[list[str], list[list[float | int]]]:
     """Column names and per-nucleus rows of plain Python numbers (floats to 6 decimals)."""
     names = list(measurements)
     columns = []
@@ -180,7 +129,7 @@ def _rounded_rows(measurements: Mapping[str, np.ndarray]) -> tuple[list[str], li
 def _iter_features(
     labels: np.ndarray, measurements: Mapping[str, np.ndarray], stem: str
 ) -> Iterator[dict]:
-    names, rows = _rounded_rows(measurements)
+    names, rows = rounded_rows(measurements)
     ids = np.asarray(measurements["id"]).tolist()
     class_name, class_colour = NUCLEUS_CLASS
     classification = {"name": class_name, "color": list(class_colour)}
@@ -243,7 +192,7 @@ def write_measurements_csv(
 ) -> Path:
     """Write the measurement columns as CSV, one row per nucleus (floats to 6 decimals)."""
     check_outputs_free([path], overwrite=overwrite)
-    names, rows = _rounded_rows(measurements)
+    names, rows = rounded_rows(measurements)
     with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(names)
