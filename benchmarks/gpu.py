@@ -47,7 +47,7 @@ from nucleisam.config import ModelConfig, PostprocessConfig  # noqa: E402
 from nucleisam.data import instance_targets, load_nuinsseg  # noqa: E402
 from nucleisam.model import build_model  # noqa: E402
 from nucleisam.model.inference import tile_map_fn  # noqa: E402
-from nucleisam.postprocess import labels_from_maps  # noqa: E402
+from nucleisam.postprocess import instances_from_maps  # noqa: E402
 from nucleisam.train.losses import segmentation_loss  # noqa: E402
 
 FULL = {"train_size": 1024, "train_batch": 16, "infer_sizes": (512, 1024), "infer_batch": 64, "tile": 512,
@@ -111,7 +111,7 @@ def train_speed(head: str, plan: dict, device: torch.device, sync) -> dict:
 
 def _post(maps: dict[str, np.ndarray]) -> int:
     config = PostprocessConfig()
-    return sum(int(labels_from_maps({k: v[i] for k, v in maps.items()}, config).max())
+    return sum(int(instances_from_maps({k: v[i] for k, v in maps.items()}, config).max())
                for i in range(len(maps["foreground"])))
 
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the slow reference implementation liv
 from nucleisam.classical import classical_instances  # noqa: E402
 from nucleisam.data import instance_targets  # noqa: E402
 from nucleisam.metrics import evaluate_instances  # noqa: E402
-from nucleisam.postprocess import instances_from_foreground, instances_from_maps  # noqa: E402
+from nucleisam.postprocess import instances_from_distance_maps, instances_from_foreground  # noqa: E402
 from nucleisam.utils.atomic import write_json_atomic  # noqa: E402
 from reference_metrics import reference_metrics  # noqa: E402
 
@@ -124,8 +124,8 @@ def main() -> int:
             lambda t=t: evaluate_instances(t["labels"], t["prediction"], t["vague"]) for t in tiles]),
         ("evaluate_instances, 2000² map, 3,000 nuclei", 100.0, [
             lambda: evaluate_instances(big_gt, big_pred)]),
-        ("instances_from_maps (oracle maps), 512² tile", 30.0, [
-            lambda t=t: instances_from_maps(t["maps"]["foreground"], t["maps"]["center_distance"],
+        ("instances_from_distance_maps (oracle maps), 512² tile", 30.0, [
+            lambda t=t: instances_from_distance_maps(t["maps"]["foreground"], t["maps"]["center_distance"],
                                             t["maps"]["boundary_distance"]) for t in tiles]),
         ("instances_from_foreground (GT foreground), 512² tile", 30.0, [
             lambda t=t: instances_from_foreground(t["maps"]["foreground"]) for t in tiles]),

@@ -35,7 +35,7 @@ from nucleisam.data import read_rgb  # noqa: E402
 from nucleisam.metrics import aji  # noqa: E402
 from nucleisam.model import adapter_postprocess, build_model, load_adapter  # noqa: E402
 from nucleisam.model.inference import predict_maps, resolve_device  # noqa: E402
-from nucleisam.postprocess import labels_from_maps  # noqa: E402
+from nucleisam.postprocess import instances_from_maps  # noqa: E402
 
 SAMPLE = REPO / "examples" / "NuInsSeg" / "human spleen" / "tissue images"
 
@@ -80,7 +80,7 @@ def main() -> None:
         name: max(float(np.abs(a[name] - b[name]).max()) for a, b in zip(fp32, bf16, strict=True))
         for name in fp32[0]
     }
-    agreement = [aji(labels_from_maps(a, postprocess), labels_from_maps(b, postprocess))
+    agreement = [aji(instances_from_maps(a, postprocess), instances_from_maps(b, postprocess))
                  for a, b in zip(fp32, bf16, strict=True)]
     result = {
         "device": str(device),

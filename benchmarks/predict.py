@@ -81,7 +81,7 @@ def throughput(count: int, device: str) -> list[dict]:
     from nucleisam.config import ModelConfig, PostprocessConfig
     from nucleisam.data import instance_targets
     from nucleisam.model import build_model
-    from nucleisam.postprocess import labels_from_maps
+    from nucleisam.postprocess import instances_from_maps
     from nucleisam.predict.predictor import Predictor
 
     tiles = sample_tiles(count)
@@ -90,7 +90,7 @@ def throughput(count: int, device: str) -> list[dict]:
                  for _, labels in tiles]
     start = time.perf_counter()
     for maps in realistic:
-        labels_from_maps(maps, config)
+        instances_from_maps(maps, config)
     post_realistic = (time.perf_counter() - start) / len(tiles)
 
     rows = []
@@ -162,7 +162,7 @@ def cpu_paths(count: int, compile_model: bool, threads: int) -> dict:
     from nucleisam.model.export import export_model
     from nucleisam.model.inference import tile_map_fn
     from nucleisam.model.onnx_runtime import OnnxMapFn
-    from nucleisam.postprocess import labels_from_maps
+    from nucleisam.postprocess import instances_from_maps
 
     if threads:
         torch.set_num_threads(threads)
@@ -215,7 +215,7 @@ def cpu_paths(count: int, compile_model: bool, threads: int) -> dict:
     config = PostprocessConfig()
     start = time.perf_counter()
     for maps in reference:
-        labels_from_maps({k: v[0] for k, v in maps.items()}, config)
+        instances_from_maps({k: v[0] for k, v in maps.items()}, config)
     post = (time.perf_counter() - start) / len(tiles)
     base = seconds["today (unmerged fp32 eager)"] / len(tiles)
     rows = []

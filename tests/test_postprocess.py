@@ -16,9 +16,9 @@ from nucleisam.errors import NucleisamError
 from nucleisam.metrics import evaluate_instances
 from nucleisam.postprocess import (
     fill_holes,
+    instances_from_distance_maps,
     instances_from_foreground,
     instances_from_maps,
-    labels_from_maps,
     tune_postprocess,
 )
 
@@ -38,7 +38,7 @@ def mean_aji(labels: list[np.ndarray], segment) -> float:
 
 def from_oracle_maps(gt: np.ndarray) -> np.ndarray:
     maps = instance_targets(gt)
-    out = instances_from_maps(maps["foreground"], maps["center_distance"], maps["boundary_distance"])
+    out = instances_from_distance_maps(maps["foreground"], maps["center_distance"], maps["boundary_distance"])
     assert out.dtype == np.int32 and out.shape == gt.shape
     return out
 
@@ -114,12 +114,14 @@ def test_maps_path_keeps_nuclei_whose_seed_was_missed() -> None:
     maps = instance_targets(gt)
     centre = maps["center_distance"].copy()
     centre[gt == 2] = 0.9  # no seed for nucleus 2
-    labels = instances_from_maps(maps["foreground"], centre, maps["boundary_distance"])
+    labels = instances_from_distance_maps(maps["foreground"], centre, maps["boundary_distance"])
     assert labels.max() == 2 and evaluate_instances(gt, labels)["aji"] == 1.0
     # Either distance map alone also works.
-    only_centre = instances_from_maps(maps["foreground"], maps["center_distance"])
+    only_centre = instances_from_distance_maps(maps["foreground"], maps["center_distance"])
     assert evaluate_instances(gt, only_centre)["aji"] == 1.0
-    only_boundary = instances_from_maps(maps["foreground"], boundary_distance=maps["boundary_distance"])
+    only_boundary = instances_from_distance_maps(
+        maps["foreground"], boundary_distance=maps["boundary_distance"]
+    )
     assert evaluate_instances(gt, only_boundary)["aji"] == 1.0
 
 
@@ -128,19 +130,19 @@ def test_labels_from_maps_dispatches_on_the_maps_present(bundled_labels) -> None
     maps = instance_targets(gt)
     config = PostprocessConfig(min_area=5)
     np.testing.assert_array_equal(
-        labels_from_maps(maps, config),
-        instances_from_maps(
+        instances_from_maps(maps, config),
+        instances_from_distance_maps(
             maps["foreground"], maps["center_distance"], maps["boundary_distance"], min_area=5
         ),
     )
     np.testing.assert_array_equal(
-        labels_from_maps({"foreground": maps["foreground"]}, config),
+        instances_from_maps({"foreground": maps["foreground"]}, config),
         instances_from_foreground(maps["foreground"], min_area=5),
     )
     with pytest.raises(NucleisamError, match="foreground"):
-        labels_from_maps({"center_distance": maps["center_distance"]})
+        instances_from_maps({"center_distance": maps["center_distance"]})
     with pytest.raises(NucleisamError, match="unknown map"):
-        labels_from_maps({**maps, "logits": maps["foreground"]})
+        instances_from_maps({**maps, "logits": maps["foreground"]})
 
 
 def test_batches_and_bad_parameters_are_refused() -> None:
@@ -148,15 +150,15 @@ def test_batches_and_bad_parameters_are_refused() -> None:
     with pytest.raises(NucleisamError, match="a batch is a loop of images"):
         instances_from_foreground(batch)
     with pytest.raises(NucleisamError, match="a batch is a loop of images"):
-        instances_from_maps(batch[0], batch[0], batch[0])
+        instances_from_distance_maps(batch[0], batch[0], batch[0])
     with pytest.raises(NucleisamError, match="shape"):
-        instances_from_maps(np.zeros((8, 8)), np.zeros((8, 9)))
+        instances_from_distance_maps(np.zeros((8, 8)), np.zeros((8, 9)))
     with pytest.raises(NucleisamError, match="NaN"):
         instances_from_foreground(np.full((8, 8), np.nan, np.float32))
     with pytest.raises(NucleisamError, match=r"'postprocess\.foreground_threshold'"):
         instances_from_foreground(np.zeros((8, 8)), foreground_threshold=1.5)
     with pytest.raises(NucleisamError, match=r"'postprocess\.min_area'"):
-        instances_from_maps(np.zeros((8, 8)), np.zeros((8, 8)), min_area=-1)
+        instances_from_distance_maps(np.zeros((8, 8)), np.zeros((8, 8)), min_area=-1)
 
 
 def noisy_maps(gt: np.ndarray, seed: int) -> dict[str, np.ndarray]:
@@ -184,7 +186,7 @@ def test_tuning_never_lowers_the_score_and_reports_what_it_tried(bundled_labels)
     best_row = next(row for row in result.table if row["score"] == result.score)
     assert best_row["foreground_threshold"] == result.config.foreground_threshold
     recomputed = np.mean(
-        [evaluate_instances(gt, labels_from_maps(maps, result.config))["aji"] for maps, gt, _ in items]
+        [evaluate_instances(gt, instances_from_maps(maps, result.config))["aji"] for maps, gt, _ in items]
     )
     assert result.score == pytest.approx(recomputed, abs=1e-12)
     assert len({tuple(sorted(row.items())) for row in result.table}) == len(result.table)  # no repeats
@@ -209,7 +211,7 @@ def test_seeds_broken_by_noise_are_merged_again(bundled_labels) -> None:
 
     def score(**params) -> float:
         config = PostprocessConfig(**params)
-        scores = [evaluate_instances(gt, labels_from_maps(maps, config))["aji"] for maps, gt in items]
+        scores = [evaluate_instances(gt, instances_from_maps(maps, config))["aji"] for maps, gt in items]
         return float(np.mean(scores))
 
     merged, fragmented = score(), score(split_depth=0.0)

@@ -14,7 +14,7 @@ from nucleisam.metrics import aji
 from nucleisam.model import NucleiSam, save_adapter
 from nucleisam.model.inference import tile_map_fn
 from nucleisam.model.network import assemble_model
-from nucleisam.postprocess import labels_from_maps
+from nucleisam.postprocess import instances_from_maps
 from nucleisam.predict.predictor import Predictor
 from synthetic_nuclei import darkness_model, distance_watershed, synthetic_nuclei, threshold_maps
 
@@ -99,7 +99,7 @@ def test_from_adapter_applies_the_recorded_postprocessing(nucleisam: NucleiSam, 
     predictor = Predictor.from_adapter(adapter, tile=256, overlap=32)
     small = synthetic_nuclei(200, 240, seed=8)[0]  # one tile: stitching changes nothing
     result = predictor.predict(small, return_maps=True)
-    expected = labels_from_maps(result.maps, PostprocessConfig(foreground_threshold=0.45, min_area=3))
+    expected = instances_from_maps(result.maps, PostprocessConfig(foreground_threshold=0.45, min_area=3))
     np.testing.assert_array_equal(result.labels > 0, expected > 0)
     assert result.n_nuclei == len(np.unique(expected)) - 1
     # The adapter reloads the same network.

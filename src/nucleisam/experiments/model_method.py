@@ -30,7 +30,7 @@ from nucleisam.experiments.runs import Log
 from nucleisam.model import build_model, save_adapter
 from nucleisam.model.inference import predict_maps, resolve_device
 from nucleisam.model.network import check_base_weights
-from nucleisam.postprocess import labels_from_maps, tune_postprocess
+from nucleisam.postprocess import instances_from_maps, tune_postprocess
 from nucleisam.train.dataset import DecodedSample, SampleCache, TrainingDataset
 from nucleisam.train.distributed import DistContext
 from nucleisam.train.loop import CHECKPOINT_DIR, HISTORY_FILE, fit
@@ -72,7 +72,7 @@ def _scores(
     tiles: Sequence[DecodedSample], maps: Sequence[Maps], postprocess: PostprocessConfig
 ) -> dict[str, float]:
     return mean_scores(
-        (tile.labels, labels_from_maps(dict(tile_maps), postprocess), tile.vague)
+        (tile.labels, instances_from_maps(dict(tile_maps), postprocess), tile.vague)
         for tile, tile_maps in zip(tiles, maps, strict=True)
     )
 
@@ -191,7 +191,7 @@ class ModelMethod:
         threshold = float(self.postprocess.foreground_threshold)
         rows = []
         for image, maps in zip(images, self._maps(self.model, images), strict=True):
-            row = {"watershed": labels_from_maps(maps, self.postprocess)}
+            row = {"watershed": instances_from_maps(maps, self.postprocess)}
             if self.comparisons:
                 row["connected_components"] = foreground_components(maps["foreground"], threshold)
             if self.classical is not None:

@@ -13,9 +13,9 @@ from nucleisam.postprocess.tuning import (
 from nucleisam.postprocess.watershed import (
     fill_holes,
     finish_labels,
+    instances_from_distance_maps,
     instances_from_foreground,
     instances_from_maps,
-    labels_from_maps,
     seeded_watershed,
     split_by_distance_peaks,
 )
@@ -26,9 +26,9 @@ __all__ = [
     "TuningResult",
     "fill_holes",
     "finish_labels",
+    "instances_from_distance_maps",
     "instances_from_foreground",
     "instances_from_maps",
-    "labels_from_maps",
     "seeded_watershed",
     "split_by_distance_peaks",
     "tune_postprocess",

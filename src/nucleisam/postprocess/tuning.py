@@ -1,7 +1,7 @@
 """Choosing post-processing parameters on a validation set by mean AJI (or another metric).
 
 The search is generic: any frozen dataclass of parameters and any ``segment(input, config) ->
-labels`` function can be tuned, so the instance head's watershed (:func:`labels_from_maps`) and the
+labels`` function can be tuned, so the instance head's watershed (:func:`instances_from_maps`) and the
 classical baseline (:func:`nucleisam.classical.classical_instances`) use the same code. The starting
 configuration is always scored first and only a strictly better one replaces it, so tuning never
 lowers the validation score.
@@ -21,7 +21,7 @@ import numpy as np
 from nucleisam.config import PostprocessConfig
 from nucleisam.errors import NucleisamError
 from nucleisam.metrics import METRIC_NAMES, image_counts
-from nucleisam.postprocess.watershed import labels_from_maps
+from nucleisam.postprocess.watershed import instances_from_maps
 
 #: Search space for the instance head's maps (foreground + centre + boundary distance).
 MAPS_SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
@@ -59,7 +59,7 @@ def tune_postprocess(
     *,
     search_space: Mapping[str, Sequence[Any]] | None = None,
     config: Any = None,
-    segment: Callable[[Any, Any], np.ndarray] = labels_from_maps,
+    segment: Callable[[Any, Any], np.ndarray] = instances_from_maps,
     strategy: Literal["coordinate", "grid"] = "coordinate",
     metric: str = "aji",
     max_rounds: int = 3,
@@ -71,11 +71,11 @@ def tune_postprocess(
     ----------
     items
         Validation images as ``(input, gt_labels, vague_or_None)``; ``input`` is what
-        ``segment`` takes (a dict of maps for :func:`labels_from_maps`, an RGB image for the
+        ``segment`` takes (a dict of maps for :func:`instances_from_maps`, an RGB image for the
         classical baseline).
     search_space
         Values to try per parameter (field names of ``config``). Default for
-        :func:`labels_from_maps`: :data:`MAPS_SEARCH_SPACE` when the maps include a distance map,
+        :func:`instances_from_maps`: :data:`MAPS_SEARCH_SPACE` when the maps include a distance map,
         else :data:`FOREGROUND_SEARCH_SPACE`.
     config
         Starting configuration (a frozen dataclass); default :class:`PostprocessConfig`.
@@ -94,7 +94,7 @@ def tune_postprocess(
     if config is None:
         config = PostprocessConfig()
     if search_space is None:
-        if segment is not labels_from_maps:
+        if segment is not instances_from_maps:
             raise NucleisamError("tune_postprocess: give a search_space for a custom segment function.")
         maps = items[0][0]
         has_distance = "center_distance" in maps or "boundary_distance" in maps

@@ -2,7 +2,7 @@
 
 Two entry points share the same building blocks:
 
-* :func:`instances_from_maps` for the instance head: seeds are the predicted centres (centre
+* :func:`instances_from_distance_maps` for the instance head: seeds are the predicted centres (centre
   distance small and boundary distance large), the flood follows the boundary-distance map down to
   the nucleus edges, inside the thresholded foreground.
 * :func:`instances_from_foreground` for a binary head or a classical threshold: the seeds are the
@@ -218,7 +218,7 @@ def split_by_distance_peaks(mask: np.ndarray, *, peak_height: float = 1.0) -> np
     return basins
 
 
-def instances_from_maps(
+def instances_from_distance_maps(
     foreground: np.ndarray,
     center_distance: np.ndarray | None = None,
     boundary_distance: np.ndarray | None = None,
@@ -254,7 +254,7 @@ def instances_from_maps(
     return finish_labels(_merge_shallow_basins(labels, height, config.split_depth), min_area=config.min_area)
 
 
-def labels_from_maps(maps: dict[str, np.ndarray], config: PostprocessConfig | None = None) -> np.ndarray:
+def instances_from_maps(maps: dict[str, np.ndarray], config: PostprocessConfig | None = None) -> np.ndarray:
     """Dispatch on the maps a model produced: instance head (foreground + distances) or binary.
 
     ``maps`` holds (H, W) arrays under ``foreground`` and optionally ``center_distance`` and
@@ -267,6 +267,6 @@ def labels_from_maps(maps: dict[str, np.ndarray], config: PostprocessConfig | No
         raise NucleisamError(f"unknown map(s) {', '.join(unknown)}; expected foreground, center_distance, "
                              "boundary_distance.")
     params = to_dict(config or PostprocessConfig())
-    return instances_from_maps(
+    return instances_from_distance_maps(
         maps["foreground"], maps.get("center_distance"), maps.get("boundary_distance"), **params
     )

@@ -58,12 +58,12 @@ class Prediction:
 def _label_fn(postprocess: PostprocessConfig | LabelFn | None) -> LabelFn:
     if callable(postprocess):
         return postprocess
-    from nucleisam.postprocess import labels_from_maps
+    from nucleisam.postprocess import instances_from_maps
 
     config = postprocess if postprocess is not None else PostprocessConfig()
 
     def label_fn(maps: Mapping[str, np.ndarray], image: np.ndarray) -> np.ndarray:
-        return labels_from_maps(dict(maps), config)
+        return instances_from_maps(dict(maps), config)
 
     return label_fn
 
@@ -121,7 +121,7 @@ class Predictor:
         """A predictor around a model obeying the NucleiSam contract.
 
         ``postprocess`` is a :class:`~nucleisam.config.PostprocessConfig` (default: its
-        defaults) for :func:`~nucleisam.postprocess.labels_from_maps`, or any ``(maps, image) ->
+        defaults) for :func:`~nucleisam.postprocess.instances_from_maps`, or any ``(maps, image) ->
         labels`` function. ``device`` is ``auto|cpu|cuda[:N]``; ``precision`` follows
         :func:`nucleisam.model.inference.resolve_precision` (the policy validation uses too);
         ``mpp`` is the model's training resolution (default NuInsSeg's).
