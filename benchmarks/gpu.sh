@@ -25,10 +25,10 @@ if compgen -G "$WHEELS/*.whl" > /dev/null; then
     echo "gpu.sh: installed $(ls "$WHEELS"/*.whl | wc -l) wheels from $WHEELS (no network) in $((SECONDS - started)) s"
 fi
 export PYTHONPATH="$PWD/src:$PWD/$SITE${PYTHONPATH:+:$PYTHONPATH}"
-if ! "$PYTHON" -c "import kornia, nucleisam.model, nucleisam.train.loop" 2> /dev/null; then
+if ! "$PYTHON" -c "import kornia, nucleisam.model, nucleisam.train.loop, nucleisam.batch" 2> /dev/null; then
     echo "gpu.sh: cannot import nucleisam's dependencies with $PYTHON; run benchmarks/gpu/prepare.sh where" \
         "pip reaches PyPI and copy benchmarks/gpu/wheels/ here (or set NUCLEISAM_GPU_WHEELS)." >&2
-    "$PYTHON" -c "import kornia, nucleisam.model, nucleisam.train.loop" 2>&1 | tail -1 >&2 || true
+    "$PYTHON" -c "import kornia, nucleisam.model, nucleisam.train.loop, nucleisam.batch" 2>&1 | tail -1 >&2 || true
     exit 2
 fi
 timeout 450 "$PYTHON" benchmarks/gpu.py --budget 400 "$@"

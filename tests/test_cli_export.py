@@ -15,6 +15,10 @@ from nucleisam.cli import main
 from nucleisam.config import ModelConfig
 from nucleisam.data import read_rgb
 from nucleisam.model import build_model, save_adapter
+from nucleisam.model.export import export_adapter
+from slides_helpers import write_slide
+from synthetic_nuclei import synthetic_nuclei
+from test_predict_slides import same_partition, zarr_labels
 
 pytestmark = [pytest.mark.usefixtures("torch_one_thread"), pytest.mark.slow]
 
@@ -97,3 +101,19 @@ def test_export_refuses_to_overwrite_and_writes_torchscript(adapter: Path, tmp_p
     assert "already exists" in capsys.readouterr().err and out.read_text() == "mine"
     assert main([*args, "--overwrite"]) == 0
     assert torch.jit.load(str(out))(torch.zeros(1, 3, 256, 256))[0].shape == (1, 1, 256, 256)
+
+
+def test_onnx_model_on_a_whole_slide_equals_it_on_the_same_image(adapter: Path, tmp_path: Path) -> None:
+    """The slide engine runs an exported model too (method kind 'onnx', read at the recorded
+    training resolution): the same nuclei as the in-memory path on the same pixels."""
+    model = export_adapter(adapter, tmp_path / "model.onnx", "onnx")
+    image, _ = synthetic_nuclei(256, 400, seed=3)
+    Image.fromarray(image).save(tmp_path / "m.png")
+    write_slide(tmp_path / "m.tif", image, mpp=0.25, factors=(1, 2))
+    common = ["--backend", "onnxruntime", "--model", str(model), "--overlap", "32", "--batch-size", "2"]
+    assert main(["predict", str(tmp_path / "m.png"), "--out", str(tmp_path / "mem"), *common]) == 0
+    assert main(["predict", str(tmp_path / "m.tif"), "--out", str(tmp_path / "slide"), "--tissue", "none",
+                 "--chunk-tiles", "1", "--formats", "zarr", *common]) == 0
+    memory_labels = tifffile.imread(tmp_path / "mem" / "m_labels.tif").astype(np.int64)
+    assert len(np.unique(memory_labels)) > 10
+    assert same_partition(memory_labels, zarr_labels(tmp_path / "slide" / "m_labels.zarr").astype(np.int64))

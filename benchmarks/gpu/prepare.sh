@@ -6,9 +6,10 @@
 # The GPU machine is assumed to have Python 3.12 with torch (CUDA), numpy (2.x), scipy,
 # scikit-image (and so Pillow, packaging), tifffile, safetensors, PyYAML and onnxruntime. It lacks
 # kornia (MobileSAM) and kornia-rs, and whatever else `import nucleisam` and the slide engine need:
-# imagecodecs, tqdm, matplotlib and its dependencies, OpenSlide (python + the -bin library) and
-# zarr 3 with its dependencies. Versions are exact, the ones the test suite runs with; --no-deps,
-# so that nothing the machine already has (torch above all) is downloaded again.
+# imagecodecs, tqdm, matplotlib and its dependencies, OpenSlide (python + the -bin library),
+# zarr 3, pyarrow and dask[distributed] with their dependencies (torch brings jinja2 and fsspec).
+# Versions are exact, the ones the test suite runs with; --no-deps, so that nothing the machine
+# already has (torch above all) is downloaded again.
 set -euo pipefail
 cd "$(dirname "$0")"
 PIP=${PIP:-pip}
@@ -20,6 +21,9 @@ WHEELS=(
     pyparsing==3.3.3 python-dateutil==4.0.0 tzdata==2026.6
     openslide-python==1.4.7 openslide-bin==4.0.1.2
     zarr==3.4.2 numcodecs==0.17.1 donfig==0.8.1.post1 google-crc32c==1.9.0 msgspec==0.23.0
+    pyarrow==26.0.1
+    dask==2026.8.0 distributed==2026.8.0 click==8.5.1 cloudpickle==3.1.3 partd==1.4.2 locket==1.0.0
+    toolz==1.2.0 msgpack==1.2.4 psutil==7.2.2 sortedcontainers==2.4.0 tblib==3.2.2 tornado==6.6.1 zict==3.0.0
 )
 mkdir -p "$DEST"
 "$PIP" download --only-binary=:all: --no-deps --dest "$DEST" \
