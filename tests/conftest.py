@@ -73,6 +73,24 @@ def cropped_sample(
     return make
 
 
+def save_random_adapter(path: Path) -> Path:
+    """A seeded, randomly initialised LoRA + instance-head adapter (input 256, no base checkpoint)
+    recording tuned post-processing, as training would."""
+    import warnings
+
+    import torch
+
+    from nucleisam.config import ModelConfig
+    from nucleisam.model import build_model, save_adapter
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random base weights are the point here
+        model = build_model(ModelConfig(input_size=256, weights="none"))
+    return save_adapter(model, path, extra_metadata={"postprocess": {"foreground_threshold": 0.45,
+                                                                      "min_area": 5}})
+
+
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """``nucleisam ARGV`` in this process: exit status, stdout, stderr."""
     from nucleisam.cli import main

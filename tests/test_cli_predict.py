@@ -9,20 +9,17 @@ from __future__ import annotations
 import csv
 import json
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
-import torch
 from PIL import Image
 
+from conftest import save_random_adapter
 from nucleisam.classical import classical_instances
 from nucleisam.cli import main
-from nucleisam.config import ModelConfig
 from nucleisam.data import read_label_map, read_rgb
-from nucleisam.model import build_model, save_adapter
 from synthetic_nuclei import synthetic_nuclei
 
 
@@ -134,12 +131,7 @@ def test_classical_method_on_the_bundled_sample(sample_root: Path, tmp_path: Pat
 
 def test_adapter_method_with_a_saved_adapter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A randomly initialised adapter (no base checkpoint needed) with recorded post-processing."""
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = build_model(ModelConfig(input_size=256, weights="none"))
-    adapter = save_adapter(model, tmp_path / "adapter.safetensors",
-                           extra_metadata={"postprocess": {"foreground_threshold": 0.45, "min_area": 5}})
+    adapter = save_random_adapter(tmp_path / "adapter.safetensors")
     image, _ = synthetic_nuclei(300, 260, seed=3)
     Image.fromarray(image).save(tmp_path / "x.png")
     out = tmp_path / "out"

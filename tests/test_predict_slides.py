@@ -8,7 +8,6 @@ import csv
 import gzip
 import json
 import random
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import tifffile
 import zarr
 from PIL import Image
 
+from conftest import save_random_adapter
 from nucleisam.cli import main
 from nucleisam.data.slides import ArraySlide
 from nucleisam.predict.assemble import SLIDE_COLUMNS, SlideAssembler
@@ -247,15 +247,7 @@ def test_model_slide_path_equals_in_memory_path(tmp_path: Path) -> None:
     """A randomly initialised adapter (input 256) on a small slide: the same nuclei either way."""
     import torch
 
-    from nucleisam.config import ModelConfig
-    from nucleisam.model import build_model, save_adapter
-
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = build_model(ModelConfig(input_size=256, weights="none"))
-    adapter = save_adapter(model, tmp_path / "adapter.safetensors",
-                           extra_metadata={"postprocess": {"foreground_threshold": 0.45, "min_area": 5}})
+    adapter = save_random_adapter(tmp_path / "adapter.safetensors")
     image, _ = synthetic_nuclei(256, 400, seed=3)
     Image.fromarray(image).save(tmp_path / "m.png")
     write_slide(tmp_path / "m.tif", image, mpp=0.25, factors=(1, 2))
