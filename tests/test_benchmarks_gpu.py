@@ -82,3 +82,29 @@ def test_gpu_sh_names_the_prepare_step_when_dependencies_are_missing(tmp_path: P
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2
     assert "run benchmarks/gpu/prepare.sh" in done.stderr
+
+
+def test_prepare_sh_leaves_out_what_the_machine_has(tmp_path: Path) -> None:
+    """--have drops the listed packages (names compared as PEP 503 does) from the download; the pip
+    is a stand-in that records its arguments, so no network is needed."""
+    record = tmp_path / "pip-args"
+    fake_pip = tmp_path / "pip"
+    fake_pip.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" > {record}\n'
+                        'mkdir -p "$5" && touch "$5/stand-in.whl"\n')
+    fake_pip.chmod(0o755)
+    have = tmp_path / "have.txt"
+    have.write_text("# a machine's packages\nPyArrow\nmatplotlib  # with a comment\npython_dateutil\n\n")
+    env = {**os.environ, "PIP": str(fake_pip)}
+    script = REPO_ROOT / "benchmarks" / "gpu" / "prepare.sh"
+    done = subprocess.run(["bash", str(script), "--have", str(have), str(tmp_path / "wheels")], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "3 of 33 packages are on the machine" in done.stdout
+    pins = [arg for arg in record.read_text().split() if "==" in arg]
+    names = {pin.split("==")[0] for pin in pins}
+    assert len(pins) == 30 and {"kornia", "zarr", "dask", "tzdata"} <= names
+    assert not names & {"pyarrow", "matplotlib", "python-dateutil"}
+
+    missing = subprocess.run(["bash", str(script), "--have", str(tmp_path / "absent.txt")], env=env,
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert missing.returncode == 2 and "absent.txt" in missing.stderr

@@ -3,14 +3,29 @@
 # benchmarks/gpu/wheels/ (git-ignored), for CPython 3.12 on manylinux x86-64. Copy the repository
 # with that folder to the GPU machine and run `bash benchmarks/gpu.sh` there.
 #
-# The GPU machine is assumed to have Python 3.12 with torch (CUDA), numpy (2.x), scipy,
-# scikit-image (and so Pillow, packaging), tifffile, safetensors, PyYAML and onnxruntime. It lacks
-# kornia (MobileSAM) and kornia-rs, and whatever else `import nucleisam` and the slide engine need:
-# imagecodecs, tqdm, matplotlib and its dependencies, OpenSlide (python + the -bin library),
-# zarr 3, pyarrow and dask[distributed] with their dependencies (torch brings jinja2 and fsspec).
+#     bash benchmarks/gpu/prepare.sh [--have FILE] [DEST]
+#
+# By default the GPU machine is assumed to have only Python 3.12 with torch (CUDA), numpy (2.x),
+# scipy, scikit-image (and so Pillow, packaging), tifffile, safetensors, PyYAML and onnxruntime; it
+# then lacks all 33 wheels below (≈ 110 MB): kornia (MobileSAM) and kornia-rs, and what else
+# `import nucleisam` and the slide engine need: imagecodecs, tqdm, matplotlib and its dependencies,
+# OpenSlide (python + the -bin library), zarr 3, pyarrow and dask[distributed] with their
+# dependencies (torch brings jinja2 and fsspec).
+#
+# --have FILE names packages the machine already has (one distribution name a line, '#' comments),
+# and those are not downloaded: a copy that has to travel (a size-limited transfer, a slow link)
+# then holds only what is missing. benchmarks/gpu/have-h200-image.txt lists what one such machine
+# image holds; with it the folder is 18 wheels, ≈ 41 MB.
+#
 # Versions are exact, the ones the test suite runs with; --no-deps, so that nothing the machine
 # already has (torch above all) is downloaded again.
 set -euo pipefail
+HAVE=
+if [[ ${1:-} == --have ]]; then
+    [[ -f ${2:-} ]] || { echo "prepare.sh: --have needs a file of package names; '${2:-}' is not a file" >&2; exit 2; }
+    HAVE=$(realpath "$2")
+    shift 2
+fi
 cd "$(dirname "$0")"
 PIP=${PIP:-pip}
 DEST=${1:-wheels}
@@ -25,6 +40,18 @@ WHEELS=(
     dask==2026.8.0 distributed==2026.8.0 click==8.5.1 cloudpickle==3.1.3 partd==1.4.2 locket==1.0.0
     toolz==1.2.0 msgpack==1.2.4 psutil==7.2.2 sortedcontainers==2.4.0 tblib==3.2.2 tornado==6.6.1 zict==3.0.0
 )
+# Distribution names compare case-blind with '-', '_' and '.' alike (PEP 503).
+normalise() { tr 'A-Z_.' 'a-z--'; }
+if [[ -n $HAVE ]]; then
+    have=$(sed 's/#.*//; s/[[:space:]]//g; /^$/d' "$HAVE" | normalise)
+    wanted=()
+    for pin in "${WHEELS[@]}"; do
+        name=$(normalise <<< "${pin%%==*}")
+        grep -qxF -- "$name" <<< "$have" || wanted+=("$pin")
+    done
+    echo "prepare.sh: $((${#WHEELS[@]} - ${#wanted[@]})) of ${#WHEELS[@]} packages are on the machine ($HAVE)"
+    WHEELS=("${wanted[@]}")
+fi
 mkdir -p "$DEST"
 "$PIP" download --only-binary=:all: --no-deps --dest "$DEST" \
     --python-version 3.12 --implementation cp --abi cp312 --abi abi3 --abi none \
