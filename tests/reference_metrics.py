@@ -133,7 +133,8 @@ def reference_metrics(
             pairs.append((g, int(np.argmax(hovernet_iou[g]))))
     out["aji"] = _aji_from_pairs(gt_masks, pred_masks, inter, union, pairs)
 
-    rows, cols = linear_sum_assignment(iou, maximize=True)
+    # AJI+: get_fast_aji_plus solves the assignment on the same epsilon ratio.
+    rows, cols = linear_sum_assignment(hovernet_iou, maximize=True)
     plus_pairs = [(int(g), int(p)) for g, p in zip(rows, cols, strict=True) if iou[g, p] > 0]
     out["aji_plus"] = _aji_from_pairs(gt_masks, pred_masks, inter, union, plus_pairs)
     out["aji_plus_pairs"] = plus_pairs
@@ -141,8 +142,9 @@ def reference_metrics(
 
     if match_iou >= 0.5:
         matched = [(g, p) for g in range(n_gt) for p in range(n_pred) if iou[g, p] > match_iou]
-    else:
-        matched = [(g, p) for g, p in plus_pairs if iou[g, p] > match_iou]
+    else:  # get_fast_pq below 0.5: its own assignment, on plain IoU
+        rows, cols = linear_sum_assignment(iou, maximize=True)
+        matched = [(int(g), int(p)) for g, p in zip(rows, cols, strict=True) if iou[g, p] > match_iou]
     tp = len(matched)
     fp, fn = n_pred - tp, n_gt - tp
     dq = tp / (tp + 0.5 * fp + 0.5 * fn)

@@ -135,6 +135,28 @@ def test_aji_tie_goes_to_the_larger_union_as_in_hovernet() -> None:
     # Paired with 5: inter 10, union 30; prediction 3 unpaired adds its 8 px.
     assert result["aji"] == pytest.approx(float(Fraction(10, 30 + 8)))
     assert result["aji"] == pytest.approx(reference_metrics(gt, pred)["aji"], abs=1e-12)
+    # AJI+ (get_fast_aji_plus) maximises the same epsilon ratio, so its one-to-one pairing makes the
+    # same choice; the lowest id would have given 8 / (24 + 16).
+    assert result["aji_plus"] == pytest.approx(float(Fraction(10, 30 + 8)))
+    assert result["aji_plus"] == pytest.approx(reference_metrics(gt, pred)["aji_plus"], abs=1e-12)
+
+
+def test_aji_plus_tie_between_pairings_is_broken_as_in_hovernet() -> None:
+    """Two GT and two predictions, every pair overlapping, (inter, union): A-P (7, 21), A-Q (4, 16),
+    B-P (3, 18), B-Q (1, 12). Both pairings reach a total IoU of exactly 5/12, but they give
+    different AJI+: 8/33 pairing A-P, B-Q and 7/34 pairing A-Q, B-P. HoVer-Net's epsilon makes the
+    first one the larger (its IoUs lose less to the epsilon), whatever the ids."""
+    gt = np.array([[1, 1, 2, 0, 1, 0], [1, 2, 1, 0, 2, 0], [2, 2, 1, 1, 2, 1], [1, 0, 2, 0, 1, 1],
+                   [1, 0, 0, 0, 1, 1]], np.int32)
+    pred = np.array([[1, 2, 0, 0, 0, 2], [1, 2, 1, 0, 0, 1], [1, 0, 2, 1, 1, 2], [0, 1, 1, 1, 1, 1],
+                     [2, 0, 0, 1, 1, 0]], np.int32)
+    table = overlap_table(gt, pred)
+    assert table.intersection.tolist() == [7, 4, 3, 1] and table.union.tolist() == [21, 16, 18, 12]
+    swapped = np.choose(pred, [0, 2, 1]).astype(np.int32)  # P and Q trade ids
+    for prediction in (pred, swapped):
+        result = evaluate_instances(gt, prediction)
+        assert result["aji_plus"] == pytest.approx(float(Fraction(7 + 1, 21 + 12)), abs=1e-12)
+        assert result["aji_plus"] == pytest.approx(reference_metrics(gt, prediction)["aji_plus"], abs=1e-12)
 
 
 def test_missed_nucleus_and_false_positive() -> None:

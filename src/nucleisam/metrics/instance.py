@@ -9,10 +9,13 @@ Definitions (per image, on instance label maps; ids need not be contiguous):
   (Σ paired unions + areas of unpaired GT + areas of predictions paired with no GT).
 * **AJI+** — as HoVer-Net ``get_fast_aji_plus``: the same ratio over a one-to-one pairing that
   maximises the total IoU (Hungarian, :func:`scipy.optimize.linear_sum_assignment`), keeping only
-  pairs with IoU > 0. Where several pairings reach the same total IoU, the choice is made per
-  connected group of overlapping instances (a group with one instance on one side takes its
-  largest IoU, lowest id on ties; larger groups take scipy's solution on the group's IoU matrix
-  in id order).
+  pairs with IoU > 0. As there, the IoU maximised is ``inter / (union + 1e-6)``: among pairings of
+  equal total IoU this one prefers larger unions, which changes AJI+ (one GT over two predictions
+  of IoU 0.5 each pairs with the larger one). The epsilon only chooses the pairing; AJI+ itself is
+  computed exactly. The assignment is solved per connected group of overlapping instances (a group
+  with one instance on one side takes its heaviest pair, lowest id on ties; larger groups take
+  scipy's solution on the group's matrix in id order), so pairings that still tie exactly may
+  differ from a global solve: they then pair instances of identical areas and overlaps.
 * **PQ = DQ · SQ** (Kirillov et al., as HoVer-Net ``get_fast_pq``): pairs with IoU > ``match_iou``
   (0.5; unique by construction); DQ = TP / (TP + ½FP + ½FN), SQ = mean IoU of the pairs (0 when
   there are none). Below 0.5, pairs come from the AJI+ pairing filtered by IoU > ``match_iou``.
@@ -153,8 +156,16 @@ def _hungarian_per_group(
     return picked
 
 
-def _hungarian_edges(table: OverlapTable) -> np.ndarray:
-    return _one_to_one(table.gt_index, table.pred_index, table.iou, table.n_gt, table.n_pred)
+#: HoVer-Net's ``get_fast_aji_plus`` maximises ``inter / (union + 1e-6)``; the term breaks ties.
+_AJI_PLUS_UNION_EPSILON = 1.0e-6
+
+
+def _hungarian_edges(table: OverlapTable, weight: np.ndarray) -> np.ndarray:
+    return _one_to_one(table.gt_index, table.pred_index, weight, table.n_gt, table.n_pred)
+
+
+def _aji_plus_edges(table: OverlapTable) -> np.ndarray:
+    return _hungarian_edges(table, table.intersection / (table.union + _AJI_PLUS_UNION_EPSILON))
 
 
 def max_iou_pairs(table: OverlapTable) -> tuple[np.ndarray, np.ndarray]:
@@ -164,8 +175,9 @@ def max_iou_pairs(table: OverlapTable) -> tuple[np.ndarray, np.ndarray]:
 
 
 def hungarian_pairs(table: OverlapTable) -> tuple[np.ndarray, np.ndarray]:
-    """AJI+ pairing: one-to-one (gt index, prediction index) pairs of maximal total IoU, IoU > 0."""
-    edges = _hungarian_edges(table)
+    """AJI+ pairing: one-to-one (gt index, prediction index) pairs of maximal total IoU, IoU > 0
+    (HoVer-Net's tie-break: the IoU maximised is ``inter / (union + 1e-6)``)."""
+    edges = _aji_plus_edges(table)
     return table.gt_index[edges], table.pred_index[edges]
 
 
@@ -258,7 +270,7 @@ def _pq_edges(table: OverlapTable, match_iou: float) -> np.ndarray:
     iou = table.iou
     if match_iou >= 0.5:
         return np.flatnonzero(iou > match_iou)
-    edges = _hungarian_edges(table)
+    edges = _hungarian_edges(table, iou)  # HoVer-Net's get_fast_pq: plain IoU, no epsilon
     return edges[iou[edges] > match_iou]
 
 
@@ -266,7 +278,7 @@ def counts_from_table(table: OverlapTable, *, match_iou: float = 0.5) -> Instanc
     """All additive counts of one image from its overlap table."""
     iou = table.iou
     aji_i, aji_u = _aji_sums(table, _max_iou_edges(table))
-    plus_i, plus_u = _aji_sums(table, _hungarian_edges(table))
+    plus_i, plus_u = _aji_sums(table, _aji_plus_edges(table))
     matched = _pq_edges(table, match_iou)
     tp = int(matched.size)
     # IoU >= k/20 decided on exact integers: 20 * intersection >= k * union.
