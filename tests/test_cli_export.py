@@ -92,6 +92,8 @@ def test_bad_options_exit_2_with_one_line(argv: list[str], message: str, tmp_pat
     assert not (tmp_path / "o" / "m.onnx").exists()
 
 
+# Loading with torch.jit.load, as QuPath or a user would: torch >= 2.10 warns that torch.jit is deprecated.
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_export_refuses_to_overwrite_and_writes_torchscript(adapter: Path, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "model.pt"

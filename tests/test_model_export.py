@@ -65,6 +65,8 @@ def test_onnx_maps_match_pytorch(exported, model: NucleiSam, sample_tiles: np.nd
         run(sample_tiles[:, :128, :128])
 
 
+# Loading with torch.jit.load, as QuPath or a user would: torch >= 2.10 warns that torch.jit is deprecated.
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_torchscript_maps_match_pytorch_for_uint8_and_float(exported, model: NucleiSam,
                                                            sample_tiles: np.ndarray) -> None:
     expected = map_batch(model, sample_tiles, device=torch.device("cpu"), precision="fp32")

@@ -19,10 +19,12 @@ NuInsSeg's for adapters that record none) and where the model came from.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -173,13 +175,22 @@ def _write_onnx(network: ExportedNetwork, example: torch.Tensor, path: str | os.
         onnx.save(proto, str(tmp))
 
 
+@contextlib.contextmanager
+def _torch_jit() -> Iterator[None]:
+    """torch.jit warns that it is deprecated (torch >= 2.10), but TorchScript is the format QuPath's
+    deep-learning extension loads, so the export keeps it and keeps the warning from users."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
 def _write_torchscript(network: ExportedNetwork, example: torch.Tensor, path: str | os.PathLike[str],
                        metadata: dict[str, Any]) -> None:
-    with torch.no_grad():
-        traced = torch.jit.trace(network, (example,), check_trace=False)
     extra = {TORCHSCRIPT_METADATA_FILE: json.dumps(metadata, allow_nan=False)}
     buffer = io.BytesIO()  # saved to memory first: the archive's folder is then "archive", not a temp name
-    torch.jit.save(traced, buffer, _extra_files=extra)
+    with torch.no_grad(), _torch_jit():
+        traced = torch.jit.trace(network, (example,), check_trace=False)
+        torch.jit.save(traced, buffer, _extra_files=extra)
     write_bytes_atomic(path, buffer.getvalue())
 
 
@@ -226,8 +237,7 @@ def _onnx_metadata(file: Path) -> str:
 
 def _torchscript_metadata(file: Path) -> str:
     extra = {TORCHSCRIPT_METADATA_FILE: ""}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.load; QuPath still needs TorchScript
+    with _torch_jit():
         torch.jit.load(str(file), map_location="cpu", _extra_files=extra)
     return extra[TORCHSCRIPT_METADATA_FILE]
 
