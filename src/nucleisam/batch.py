@@ -373,10 +373,17 @@ def run_cohort(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[
         todo = [p for p in paths if options.overwrite or not manifest.done(str(p), print_)]
         _check_foreign_outputs(todo, folder, manifest, options)
         runners: list[ChunkRunner] = []
+        cluster_errors: list[NucleisamError] = []
 
         def runner() -> ChunkRunner:  # Dask starts only when the first slide needs it
+            if cluster_errors:  # a cluster that could not be reached is not tried again for every slide
+                raise cluster_errors[0]
             if not runners:
-                runners.append(stack.enter_context(open_runner(options.workers, options.scheduler)))
+                try:
+                    runners.append(stack.enter_context(open_runner(options.workers, options.scheduler)))
+                except NucleisamError as exc:
+                    cluster_errors.append(exc)
+                    raise
             return runners[0]
 
         progress = Progress(len(paths))
