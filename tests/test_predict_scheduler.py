@@ -106,3 +106,23 @@ def test_a_scheduler_that_does_not_answer_fails_each_slide_once(
     assert all("--scheduler tcp://127.0.0.1:9: cannot connect" in line for line in failures)
     assert len(attempts) == 1
     assert sorted(p.name for p in out.iterdir()) == ["manifest.csv"]
+
+
+@pytest.mark.parametrize(("name", "gpus", "expected"), [
+    (0, 4, "cuda:0"), (5, 4, "cuda:1"),  # LocalCluster: 0, 1, ...
+    ("gpu-node-3", 2, "cuda:1"),  # dask worker --name gpu-node --nworkers N
+    ("tcp://10.1.2.3:40123", 4, "cuda"),  # an address carries no number: the worker's own default GPU
+    (2, 1, "cuda"),  # one visible GPU (dask-cuda, a SLURM job per GPU)
+])
+def test_each_worker_of_a_multi_gpu_machine_takes_its_own_gpu(
+        name: object, gpus: int, expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import distributed
+    import torch
+
+    from nucleisam.predict.distributed import _worker_device
+
+    monkeypatch.setattr(distributed, "get_worker", lambda: type("Worker", (), {"name": name})())
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    assert _worker_device("cuda") == expected
+    assert _worker_device("auto") == ("auto" if expected == "cuda" else expected)  # auto stays auto there
+    assert _worker_device("cpu") == "cpu"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -85,21 +86,30 @@ _PREDICTORS: dict[MethodSpec, Predictor] = {}
 _SLIDES: OrderedDict[tuple[str, float | None], Any] = OrderedDict()
 
 
+def _worker_index(name: object) -> int | None:
+    """A Dask worker's number: a LocalCluster names its workers 0, 1, ...; ``dask worker --name w
+    --nworkers N`` names them w-0 ... w-(N-1). Other names (an address, by default) carry none."""
+    if isinstance(name, int):
+        return name
+    match = re.fullmatch(r".*-(\d+)", str(name))
+    return int(match.group(1)) if match else None
+
+
 def _worker_device(device: str) -> str:
-    """``cuda`` (or ``auto``) on a Dask worker of a multi-GPU machine → that worker's own GPU (by
-    worker name)."""
+    """``cuda`` (or ``auto``) on a Dask worker of a multi-GPU machine → that worker's own GPU, by
+    worker number. Workers that see one GPU each (dask-cuda, a SLURM job per GPU) keep ``cuda``."""
     if device not in ("cuda", "auto"):
         return device
     try:
         from distributed import get_worker
 
-        name = get_worker().name
+        index = _worker_index(get_worker().name)
     except (ImportError, ValueError):
         return device
     import torch
 
     count = torch.cuda.device_count()
-    return f"cuda:{int(name) % count}" if isinstance(name, int) and count > 1 else device
+    return f"cuda:{index % count}" if index is not None and count > 1 else device
 
 
 def cached_predictor(spec: MethodSpec) -> Predictor:
