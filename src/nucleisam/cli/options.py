@@ -106,8 +106,8 @@ OPTIONS: dict[str, Option] = _define(
            "reads slides at that scale; for predict's inputs it overrides what a slide records and adds µm² "
            "areas to CSV/GeoJSON and the resolution to label TIFFs", key="data.mpp", params=("mpp",),
            type=float, metavar="MICRONS",
-           default_text="what the images record; if they record none, 0.25 (NuInsSeg's) for a run's "
-           "data, none in predict"),
+           default_text="for a run's data what the images record, else 0.25 (NuInsSeg's); in predict what "
+           "a slide records, none for other images"),
     # folds
     Option("--k", "number of cross-validation folds", default=5, key="data.k", params=("k",), type=int,
            metavar="K"),
