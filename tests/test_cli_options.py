@@ -36,10 +36,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("weights", "path"): ("check",),
     ("evaluate",): ("pred", "data", "masks", "vague_masks", "binary_masks", "vague_threshold", "zone_width",
                     "out", "json"),
-    ("cv",): (*DATA_SOURCE, *FOLDS, *MODEL, *RUN),
-    ("train",): (*DATA_SOURCE, *FOLDS, "fold", "all", *MODEL, *RUN),
+    ("cv",): (*DATA_SOURCE, "mpp", *FOLDS, *MODEL, *RUN),
+    ("train",): (*DATA_SOURCE, "mpp", *FOLDS, "fold", "all", *MODEL, *RUN),
     ("demo",): (*MODEL, "overrides", "device", "resume", "out"),
-    ("baseline",): (*DATA_SOURCE, *FOLDS, "folds", *CONFIG, "resume", "out"),
+    ("baseline",): (*DATA_SOURCE, "mpp", *FOLDS, "folds", *CONFIG, "resume", "out"),
     ("predict",): ("mpp", "adapter", "method", "checkpoint", "allow_checkpoint_mismatch", "model", "backend",
                    "tile", "overlap", "batch_size", "device", "tissue", "workers", "scheduler", "chunk_tiles",
                    "out", "formats", "overwrite"),
@@ -138,6 +138,7 @@ def test_help_groups_the_options(command: tuple[str, ...], capsys: pytest.Captur
         (["--lora-targets", "qkv", "proj"], "lora_targets", ["qkv", "proj"]),
         (["--binary-masks", "--masks", "gt"], "binary_masks", True),
         (["--masks", "gt"], "masks", "gt"),
+        (["--mpp", "0.5"], "mpp", 0.5),
     ],
 )
 def test_an_option_means_the_same_in_every_command_that_takes_it(argv: list[str], dest: str,
@@ -196,6 +197,7 @@ def _run_config(argv: list[str]) -> Config:
          ["data.k=3", "data.seed=7", "data.group=organ", "data.val_fraction=0.25", "data.val_seed=2"]),
         (["--device", "cpu", "--binary-masks", "--strict"],
          ["train.device=cpu", "data.binary_masks=true", "data.strict=true"]),
+        (["--mpp", "0.5"], ["data.mpp=0.5"]),
     ],
 )
 def test_an_option_and_its_set_key_give_the_same_configuration(command: list[str], options: list[str],
@@ -340,6 +342,13 @@ def test_name_flags_maps_keys_and_parameters_to_the_commands_flags() -> None:
         (["cv", "--out", "OUT", "--k", "1"], "'data.k' must be at least 2 (got 1) (option --k)."),
         (["train", "--out", "OUT", "--all", "--val-fraction", "1"],
          "'data.val_fraction' must be in (0, 1) (got 1.0) (option --val-fraction)."),
+        (["train", "--out", "OUT", "--all", "--mpp", "-1"],
+         "'data.mpp' must be a resolution in microns per pixel between 0.01 and 50.0 (0.25 for a 40x scan, "
+         "0.5 for 20x) (got -1.0) (option --mpp)."),
+        (["cv", "--out", "OUT", "--mpp", "inf"], "'data.mpp': got inf (float), expected a finite number "
+         "(option --mpp)."),
+        (["cv", "--out", "OUT", "--config", "MPP_FILE"], "'data.mpp': got 'abc' (str), expected a finite "
+         "number (option --mpp)."),
         (["cv", "--out", "OUT"], "no data: set data.root (a NuInsSeg-layout folder), or data.images with "
          "data.masks (folders of images and label maps) (options --data, --images, --masks)."),
         (["predict", "IN", "--method", "classical", "--out", "OUT", "--tile", "8"],
@@ -351,13 +360,24 @@ def test_name_flags_maps_keys_and_parameters_to_the_commands_flags() -> None:
 def test_cli_errors_name_the_flag_in_one_line_and_write_nothing(
     argv: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    (tmp_path / "run.yaml").write_text("data:\n  mpp: abc\n")
     replace = {"OUT": str(tmp_path / "out"), "IN": str(tmp_path / "in.png"),
-               "MISSING": str(tmp_path / "nope")}
+               "MISSING": str(tmp_path / "nope"), "MPP_FILE": str(tmp_path / "run.yaml")}
     assert main([replace.get(arg, arg) for arg in argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("nucleisam: error: ") and err.count("\n") == 1
     assert expected in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", [c for c, names in COMMANDS.items() if "mpp" in names], ids=" ".join)
+def test_a_resolution_that_is_not_a_number_is_refused_by_every_command(
+    command: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args([*command, *REQUIRED.get(command, []), "--mpp", "abc"])
+    assert done.value.code == 2
+    assert "argument --mpp: invalid float value: 'abc'" in capsys.readouterr().err
 
 
 def test_registry_is_consistent() -> None:

@@ -41,6 +41,9 @@ BAD_VALUES: list[tuple[type, dict[str, Any], str]] = [
     (DataConfig, {"root": "/a", "images": "/b"}, "data.root/data.images"),
     (DataConfig, {"seed": -1}, "data.seed"),
     (DataConfig, {"val_seed": 2**32}, "data.val_seed"),
+    (DataConfig, {"mpp": 0.0}, "data.mpp"),
+    (DataConfig, {"mpp": -1.0}, "data.mpp"),
+    (DataConfig, {"mpp": 100.0}, "data.mpp"),  # not a microscope's (an image editor's ~0.35 mm)
     (LoraConfig, {"rank": 0}, "model.lora.rank"),
     (LoraConfig, {"alpha": 0.0}, "model.lora.alpha"),
     (LoraConfig, {"dropout": 1.0}, "model.lora.dropout"),
@@ -124,6 +127,8 @@ def test_defaults_are_valid_and_match_the_documented_values() -> None:
     assert ModelConfig(mode="seed").lora == SEED_LORA and ModelConfig(mode="seed").head == "sam"
     assert SEED_LORA.targets[-1] == "head" and SEED_LORA.scale == 0.25
     assert config.postprocess == PostprocessConfig() and ClassicalConfig().min_area == 30
+    assert config.data.mpp is None  # a run settles it: what the images record, else NuInsSeg's 0.25
+    assert DataConfig(mpp=0.5).mpp == 0.5 and load_run_config(None, ["data.mpp=0.2525"]).data.mpp == 0.2525
 
 
 def test_whole_numbers_and_lists_are_accepted_as_written_in_yaml() -> None:
@@ -145,6 +150,8 @@ def test_whole_numbers_and_lists_are_accepted_as_written_in_yaml() -> None:
         ("train.lr=1e400", "train.lr", "a finite number"),
         ("postprocess.min_area=2.5", "postprocess.min_area", "an integer"),
         ("model.input_size=big", "model.input_size", "an integer"),
+        ("data.mpp=abc", "data.mpp", "a finite number"),
+        ("data.mpp=.nan", "data.mpp", "a finite number"),
         ("model.lora={rank: 2, magic: 1}", "model.lora.magic", "Allowed keys: rank, alpha"),
         ("data.seed=2024-13-01", None, "cannot read the value"),
     ],

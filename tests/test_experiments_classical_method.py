@@ -24,6 +24,7 @@ from nucleisam.classical import classical_instances
 from nucleisam.cli import main
 from nucleisam.config import ClassicalConfig, load_baseline_config
 from nucleisam.data import load_nuinsseg, make_folds
+from nucleisam.data.resolution import FROM_CONFIG, FROM_DEFAULT, FROM_IMAGES
 from nucleisam.experiments.report import REPORT_METRICS
 from nucleisam.metrics import evaluate_instances
 from nucleisam.utils.tables import read_rows_csv
@@ -220,6 +221,11 @@ def test_runs_without_torch_and_reuses_a_fold_manifest(small_root: Path, tmp_pat
         (["--data", "SMALL", "--k", "4"], "cannot make k=4 folds from 3 images"),
         (["--data", "SMALL", "--val-fraction", "1.5"], "must be in (0, 1) (got 1.5) (option --val-fraction)"),
         (["--data", "SMALL", "--folds", "MISSING.json"], "fold manifest not found"),
+        (["--data", "SMALL", "--mpp", "0"],
+         "'data.mpp' must be a resolution in microns per pixel between 0.01 and 50.0 (0.25 for a 40x scan, "
+         "0.5 for 20x) (got 0.0) (option --mpp)"),
+        (["--data", "SMALL", "--mpp", "nan"],
+         "'data.mpp': got nan (float), expected a finite number (option --mpp)"),
         (["--data", "SMALL", "--folds", "MISSING.json", "--k", "3"], "--folds FILE fixes the folds"),
         (["--k", "3"], "no data: set data.root (a NuInsSeg-layout folder), or data.images with data.masks "
                        "(folders of images and label maps) (options --data, --images, --masks)."),
@@ -277,3 +283,51 @@ def test_a_half_written_image_is_found_before_the_run_writes_anything(
     assert "warning: cannot read image" in capsys.readouterr().out
     folds = json.loads((lenient / "folds.json").read_text())
     assert "human_spleen_13" not in json.dumps(folds) and folds["n_samples"] == 5
+
+
+def test_the_images_resolution_is_recorded_from_their_tags_or_the_option(
+    small_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Own data as TIFFs recording 0.5 µm/px: the run records 0.5 without being told; --mpp wins; the
+    NuInsSeg tiles, which record none, are NuInsSeg's 0.25 without a warning."""
+    import tifffile
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for sample in load_nuinsseg(small_root):
+        tifffile.imwrite(images / f"{sample.stem}.tif", sample.load_image(), photometric="rgb",
+                         resolution=(2e4, 2e4), resolutionunit="CENTIMETER")  # 20,000 px/cm = 0.5 µm/px
+        shutil.copy(sample.labels_path, masks / sample.labels_path.name)
+    common = ["--k", "3", "--val-fraction", "0.5"]
+    for args, name, expected in [
+        (["--images", str(images), "--masks", str(masks)], "tags", (0.5, FROM_IMAGES)),
+        (["--images", str(images), "--masks", str(masks), "--mpp", "0.46"], "option", (0.46, FROM_CONFIG)),
+        (["--data", str(small_root)], "nuinsseg", (0.25, FROM_DEFAULT)),
+    ]:
+        out = tmp_path / name
+        assert main(["baseline", *args, *common, "--out", str(out)]) == 0
+        assert "warning" not in capsys.readouterr().out  # 0.46 is within 10% of the tags' 0.5
+        assert load_baseline_config(out / "config.yaml").data.mpp == expected[0]
+        summary = json.loads((out / "summary.json").read_text())
+        assert (summary["mpp"], summary["mpp_source"]) == expected
+        assert f"images at {expected[0]:g} µm/px ({expected[1]})" in (out / "report.md").read_text()
+    # Told 0.25 for images that all record 0.5: the option wins, with a warning naming both.
+    assert main(["baseline", "--images", str(images), "--masks", str(masks), "--mpp", "0.25", *common,
+                 "--out", str(tmp_path / "clash")]) == 0
+    assert "data.mpp (--mpp) is 0.25 µm/px but every image records 0.5 µm/px" in capsys.readouterr().out
+    assert load_baseline_config(tmp_path / "clash" / "config.yaml").data.mpp == 0.25
+
+
+def test_a_run_saved_before_data_mpp_existed_resumes(small_root: Path, tmp_path: Path) -> None:
+    """Its config.yaml has no data.mpp; it assumed NuInsSeg's 0.25, which the resumed run resolves."""
+    out = tmp_path / "run"
+    argv = ["baseline", "--data", str(small_root), "--k", "3", "--out", str(out)]
+    assert main(argv) == 0
+    config = out / "config.yaml"
+    config.write_text("".join(line for line in config.read_text().splitlines(keepends=True)
+                              if not line.strip().startswith("mpp:")))
+    assert load_baseline_config(config).data.mpp is None
+    shutil.rmtree(out / "fold_2")
+    assert main([*argv, "--resume"]) == 0
+    assert main([*argv, "--resume", "--mpp", "0.5"]) == 2  # a different resolution is another run

@@ -11,13 +11,16 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import zarr
 
 import nucleisam.experiments.model_method as model_method
 import nucleisam.train.loop as loop
 from nucleisam.cli import main
 from nucleisam.config import load_run_config
+from nucleisam.model import read_adapter_metadata
 from nucleisam.train.state import trainable_state
 
 # Random base weights are the point here (no network, no checkpoint); the warning is expected.
@@ -78,6 +81,8 @@ def test_run_folder_is_complete_and_self_describing(cv_run: dict) -> None:
         assert (out / name).is_file(), name
     config = load_run_config(out / "config.yaml")
     assert config.train.epochs == 2 and config.model.input_size == 128
+    # NuInsSeg tiles record no resolution: the run records NuInsSeg's, in every place that says it.
+    assert config.data.mpp == 0.25
     for fold in range(2):
         folder = out / f"fold_{fold}"
         for name in ("adapter.safetensors", "history.csv", "per_image.csv", "metrics.json"):
@@ -86,6 +91,8 @@ def test_run_folder_is_complete_and_self_describing(cv_run: dict) -> None:
         history = (folder / "history.csv").read_text().splitlines()
         assert len(history) == 3 and "val_aji" in history[0]
     summary = json.loads((out / "summary.json").read_text())
+    assert (summary["mpp"], summary["mpp_source"]) == (0.25, "NuInsSeg's, by default")
+    assert read_adapter_metadata(out / "fold_0" / "adapter.safetensors")["train_mpp"] == 0.25
     assert set(summary["methods"]) == {"watershed", "connected_components", "classical"}
     for method in summary["methods"].values():
         for variant in ("vague_excluded", "all_pixels"):
@@ -183,10 +190,47 @@ def test_train_all_writes_a_final_adapter_with_tuned_postprocessing(small_root: 
     assert not list(out.glob("fold_*")) and not (out / "folds.json").exists()
 
 
+def test_a_model_trained_at_20x_reads_slides_at_20x(
+    cv_run: dict, small_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``train --all --mpp 0.5`` records train_mpp 0.5, so predict reads a 0.25 µm/px slide's 2x level
+    (0.5 µm/px); an adapter trained at NuInsSeg's 0.25 reads the same slide's level 0."""
+    from PIL import Image
+
+    from nucleisam.data import read_rgb
+    from slides_helpers import write_slide
+
+    out = tmp_path / "half"
+    argv = ["train", "--data", str(small_root), "--out", str(out), "--all", "--mpp", "0.5"]
+    for item in [*TINY, "train.epochs=1"]:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    half = out / "final" / "adapter.safetensors"
+    assert read_adapter_metadata(half)["train_mpp"] == 0.5
+    assert load_run_config(out / "config.yaml").data.mpp == 0.5
+
+    tile = read_rgb(next((small_root / "human spleen" / "tissue images").glob("*.png")))
+    scan = np.asarray(Image.fromarray(tile).resize((256, 256), Image.Resampling.BICUBIC))
+    slide = write_slide(tmp_path / "scan.tif", scan, mpp=0.25, factors=(1, 2))
+    capsys.readouterr()
+    common = ["--tissue", "none", "--tile", "128", "--overlap", "16", "--formats", "zarr"]
+    quarter = cv_run["out"] / "fold_0" / "adapter.safetensors"  # trained at NuInsSeg's 0.25 µm/px
+    for adapter, name, mpp, side in [(half, "at-half", 0.5, 128), (quarter, "at-quarter", 0.25, 256)]:
+        argv = ["predict", str(slide), "--adapter", str(adapter), "--out", str(tmp_path / name), *common]
+        assert main(argv) == 0
+        assert f"256×256 px at {mpp:g} µm/px" in capsys.readouterr().out  # level-0 size, working resolution
+        group = zarr.open_group(tmp_path / name / "scan_labels.zarr", mode="r")
+        assert group["0"].shape == (side, side)
+        level = group.attrs["multiscales"][0]["datasets"][0]
+        assert level["coordinateTransformations"][0]["scale"] == [mpp, mpp]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         ([], "no data: set data.root (a NuInsSeg-layout folder)"),
+        (["--mpp", "0", "--data", "SMALL"], "'data.mpp' must be a resolution in microns per pixel between "
+         "0.01 and 50.0 (0.25 for a 40x scan, 0.5 for 20x) (got 0.0) (option --mpp)."),
         (["--set", "train.epochz=3"], "unknown configuration key 'train.epochz'"),
         (["--set", "model.input_size=100"], "input size 100 is not valid"),
         (["--data", "MISSING"], "MISSING"),

@@ -21,9 +21,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from nucleisam.config import ClassicalConfig
+from nucleisam.config import NUINSSEG_MPP, ClassicalConfig
 from nucleisam.data.imageio import to_rgb_uint8
-from nucleisam.data.slides import NUINSSEG_MPP
 from nucleisam.errors import NucleisamError
 from nucleisam.morphometry import hematoxylin_density
 from nucleisam.postprocess import (

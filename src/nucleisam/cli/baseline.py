@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "with and without vague areas. Writes the folder layout of `cv`: config.yaml, folds.json, "
         "fold_<i>/per_image.csv and metrics.json, summary.json, report.md, overlays/.",
     )
-    add_options(parser.add_argument_group("data"), DATA_SOURCE, from_config=True)
+    add_options(parser.add_argument_group("data"), (*DATA_SOURCE, "mpp"), from_config=True)
     add_options(parser.add_argument_group("folds"), (*FOLDS, "folds"), from_config=True)
     run = parser.add_argument_group("run")
     add_option(run, "config", help="a baseline run's config.yaml (data, starting parameters in classical:, "

@@ -101,9 +101,13 @@ OPTIONS: dict[str, Option] = _define(
            deprecated=("--ambiguous",)),
     Option("--pred", "folder of predicted instance label maps (TIFF/PNG/NPY, 0 = background; a `nucleisam "
            "predict` output folder as it is)", params=("pred_dir",), metavar="DIR", required=True),
-    Option("--mpp", "microns per pixel of the images: adds µm² areas to CSV/GeoJSON and the resolution to "
-           "label TIFFs; for slides, overrides what the file records", params=("mpp",), type=float,
-           metavar="MICRONS", default_text="none"),
+    Option("--mpp", "microns per pixel of the images, e.g. 0.25 for a 40x scan, 0.5 for 20x. For a run's "
+           "data (cv, train, baseline) it is recorded in config.yaml and in the trained model, and predict "
+           "reads slides at that scale; for predict's inputs it overrides what a slide records and adds µm² "
+           "areas to CSV/GeoJSON and the resolution to label TIFFs", key="data.mpp", params=("mpp",),
+           type=float, metavar="MICRONS",
+           default_text="for a run's data what the images record, else 0.25 (NuInsSeg's); in predict what "
+           "a slide records, none for other images"),
     # folds
     Option("--k", "number of cross-validation folds", default=5, key="data.k", params=("k",), type=int,
            metavar="K"),

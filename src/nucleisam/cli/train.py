@@ -34,7 +34,7 @@ DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 def _add_run_options(parser: argparse.ArgumentParser, *, one_fold: bool = False) -> None:
     """The options every training command shares: data, folds, model, run and output; with
     ``one_fold`` also the choice of ``--fold I`` or ``--all``."""
-    add_options(parser.add_argument_group("data"), DATA_SOURCE, from_config=True)
+    add_options(parser.add_argument_group("data"), (*DATA_SOURCE, "mpp"), from_config=True)
     folds = parser.add_argument_group("folds")
     add_options(folds, FOLDS, from_config=True)
     if one_fold:

@@ -22,7 +22,7 @@ from nucleisam.config.core import (
     save_config,
     to_dict,
 )
-from nucleisam.config.data import DataConfig
+from nucleisam.config.data import NUINSSEG_MPP, PLAUSIBLE_MPP, DataConfig
 from nucleisam.config.model import (
     BLOCK_TARGETS,
     DEFAULT_WIDTHS,
@@ -50,7 +50,9 @@ __all__ = [
     "KNOWN_TARGETS",
     "MIN_INPUT_SIZE",
     "MODES",
+    "NUINSSEG_MPP",
     "NUM_ATTENTION_BLOCKS",
+    "PLAUSIBLE_MPP",
     "SEED_LORA",
     "BaselineConfig",
     "ClassicalConfig",

@@ -1,6 +1,7 @@
 """Data layer: readers (NuInsSeg, folders, XML, whole slides), folds, transforms, augmentation,
 training targets."""
 
+from nucleisam.config import NUINSSEG_MPP
 from nucleisam.data.aperio_xml import rasterize_polygons, read_xml_instances, read_xml_polygons
 from nucleisam.data.datasets import (
     Dataset,
@@ -20,11 +21,12 @@ from nucleisam.data.labels import (
     read_binary_mask,
     read_label_map,
 )
+from nucleisam.data.resolution import DataResolution, resolve_data_mpp
 from nucleisam.data.slides import (
-    NUINSSEG_MPP,
     ArraySlide,
     SlideImage,
     open_image,
+    recorded_mpp,
     working_level,
 )
 from nucleisam.data.summary import DatasetSummary, summarize
@@ -55,6 +57,7 @@ __all__ = [
     "ArraySlide",
     "Augmented",
     "Augmenter",
+    "DataResolution",
     "Dataset",
     "DatasetSummary",
     "Fold",
@@ -83,9 +86,11 @@ __all__ = [
     "read_tissue_mask",
     "read_xml_instances",
     "read_xml_polygons",
+    "recorded_mpp",
     "resize_image",
     "resize_map",
     "resize_nearest",
+    "resolve_data_mpp",
     "summarize",
     "tile_has_tissue",
     "tissue_mask_for",

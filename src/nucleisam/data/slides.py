@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from nucleisam.config.data import PLAUSIBLE_MPP
 from nucleisam.data.imageio import read_rgb, to_rgb_uint8
 from nucleisam.errors import NucleisamError
 
@@ -40,15 +41,6 @@ RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
 IN_MEMORY_MAX_PIXELS = 4096 * 4096
 #: Thumbnails are read in pieces of about this many pixels per side, so memory stays bounded.
 THUMBNAIL_READ = 2048
-#: Microns per pixel outside this range are not a microscope's: 72 or 96 dpi written by image
-#: editors, or a unit-less value. Such a value is treated as unknown rather than trusted.
-PLAUSIBLE_MPP = (0.01, 50.0)
-#: Level-0 resolution of the NuInsSeg tiles the models are trained on, in µm per pixel. NuInsSeg
-#: (Mahbod et al., Sci Data 11:295, 2024, doi:10.1038/s41597-024-03117-2) tiles come from 40× scans
-#: on a TissueGnostics scanner (dataset README, github.com/masih4/NuInsSeg). No pixel size was found
-#: in the sources we could consult (the README and the indexed pages of the paper), so this is the
-#: conventional 0.25 µm/px of a 40× scan: an approximation, to replace if the paper states the value.
-NUINSSEG_MPP = 0.25
 #: Relative difference in resolution below which a level is read as-is, not resampled: scanners'
 #: "40×" ranges from about 0.22 to 0.27 µm/px, and resampling by a few percent only blurs.
 MPP_TOLERANCE = 0.1
@@ -413,6 +405,22 @@ def open_image(path: str | os.PathLike[str], *, mpp: float | None = None) -> Sli
             "SVS, NDPI, MRXS, SCN and other OpenSlide formats, OME-TIFF and TIFF, PNG and JPEG."
         )
     return _open_tiff(file, override, openslide_can_read=vendor == "generic-tiff")
+
+
+def recorded_mpp(path: str | os.PathLike[str]) -> float | None:
+    """The resolution an image file records (OME ``PhysicalSizeX`` or TIFF resolution tags, a PNG's
+    pHYs or a JPEG's density), in µm per pixel; ``None`` when it records none, or only a value outside
+    :data:`PLAUSIBLE_MPP` (an image editor's 72 dpi), or cannot be read. Only the header is read."""
+    file = Path(path)
+    try:
+        if file.suffix.lower() in RASTER_SUFFIXES:
+            return _raster_mpp(file)
+        import tifffile
+
+        with _quiet_tifffile(), tifffile.TiffFile(file) as tif:
+            return _tiff_metadata_mpp(tif)[0] if tif.series else None
+    except Exception:  # an unreadable file is reported where it is decoded, not here
+        return None
 
 
 def working_level(

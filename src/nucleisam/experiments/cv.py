@@ -31,6 +31,7 @@ import numpy as np
 from nucleisam.config import save_config
 from nucleisam.data.datasets import Sample
 from nucleisam.data.folds import FoldManifest, stratified_validation
+from nucleisam.data.resolution import DataResolution
 from nucleisam.errors import NucleisamError
 from nucleisam.experiments.method import FoldSplit, Method, load_tile
 from nucleisam.experiments.report import plot_curves, write_overlay, write_report
@@ -48,6 +49,7 @@ from nucleisam.experiments.runs import (
     load_fold_metrics,
     open_run_data,
     read_per_image,
+    resolve_run_mpp,
     summarize_folds,
 )
 from nucleisam.utils.atomic import ensure_output_dir, write_json_atomic
@@ -132,13 +134,14 @@ def run_fold(
 
 @dataclass
 class RunSetup:
-    """What a run needs before its first fold: the folder, the configuration saved there, the data
-    and the folds (None for a final model)."""
+    """What a run needs before its first fold: the folder, the configuration saved there, the data,
+    the folds (None for a final model) and the images' resolution (``config.data.mpp``, and whence)."""
 
     out: Path
     config: Any
     samples: list[Sample]
     manifest: FoldManifest | None
+    resolution: DataResolution
 
 
 def with_manifest_folds(config: Any, manifest: FoldManifest) -> Any:
@@ -167,12 +170,17 @@ def prepare_run(
     folder and save ``config.yaml`` and ``folds.json``; nothing is written when anything is wrong.
 
     ``folds`` is an existing manifest (e.g. another run's ``folds.json``) whose fold parameters
-    replace those of the method's configuration; a resumed run keeps its own ``folds.json``.
+    replace those of the method's configuration; a resumed run keeps its own ``folds.json``. The
+    images' resolution is settled first (``data.mpp``, else what the images record, else NuInsSeg's)
+    and recorded in ``config.yaml``; ``method.config`` becomes the configuration saved, so what the
+    method records (a model's ``train_mpp``) is what the run folder says.
     """
     out, config = Path(out_dir), method.config
     given = FoldManifest.load(folds) if folds is not None else None
     if given is not None:
         config = with_manifest_folds(config, given)
+    resolution = resolve_run_mpp(config.data, log=log)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, mpp=resolution.mpp))
     check_run_folder(out, config, resume=resume)
     saved = out / FOLDS_FILE
     source = Path(folds) if folds is not None and not saved.exists() else saved
@@ -186,13 +194,14 @@ def prepare_run(
     if unvalidated:
         raise _no_validation(f"fold {unvalidated[0]}", config.data.val_fraction)
     method.check()
+    method.config = config
     method.processes.barrier()  # every process has checked the folder before the main one writes
     ensure_output_dir(out)
     if method.processes.is_main:
         if manifest is not None and not saved.exists():
             manifest.save(saved)
         save_config(config, out / CONFIG_FILE)
-    return RunSetup(out, config, samples, manifest)
+    return RunSetup(out, config, samples, manifest, resolution)
 
 
 def _check_folds_exist(only_folds: Sequence[int] | None, k: int) -> None:
@@ -262,6 +271,7 @@ def _write_summary(
         n_images=len(setup.samples),
         primary_method=method.primary,
         notes=notes,
+        resolution=setup.resolution,
     )
     write_json_atomic(out / SUMMARY_FILE, summary)
     figures: list[str] = []

@@ -9,7 +9,8 @@ Per fold (:class:`ModelMethod`, run by :func:`nucleisam.experiments.cv.run_cv`):
    the comparison row, the classical baseline's parameters on the same images);
 4. segment test images with the tuned watershed, with connected components of the thresholded
    foreground (to show what post-processing adds) and with the classical baseline (no model);
-5. save ``adapter.safetensors`` (tuned post-processing in its metadata) beside ``history.csv``.
+5. save ``adapter.safetensors`` (tuned post-processing and the images' resolution, ``data.mpp``, as
+   ``train_mpp`` in its metadata) beside ``history.csv``.
 """
 
 from __future__ import annotations
@@ -202,5 +203,9 @@ class ModelMethod:
     def save(self, directory: Path) -> None:
         """``adapter.safetensors``: the best epoch's weights, the tuned post-processing, how it was chosen."""
         assert self.model is not None, "fit comes before save"
+        assert self.config.data.mpp is not None, "the run settles data.mpp before training"
         metadata = {"postprocess": to_dict(self.postprocess), "training": self.training}
-        save_adapter(self.model, directory / ADAPTER_FILE, extra_metadata=metadata)
+        # The training resolution: predict reads slides at this scale (adapter_train_mpp).
+        save_adapter(
+            self.model, directory / ADAPTER_FILE, extra_metadata=metadata, train_mpp=self.config.data.mpp
+        )

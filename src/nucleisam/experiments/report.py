@@ -3,6 +3,7 @@
 The summary is the dict saved as ``summary.json`` by the cross-validation runner. The parts read here:
 
 - ``command`` (str), ``aggregation`` (str), ``k`` (int), ``n_images`` (int), ``select_metric``;
+  optionally ``mpp`` (the images' µm per pixel, ``data.mpp``) and ``mpp_source`` (where it came from);
 - ``primary_method``: the method of the per-fold and per-organ tables, ``watershed`` (default: a
   model run, ``nucleisam cv``) or ``classical`` (a run without a model, ``nucleisam baseline``);
 - ``methods``: name → ``{"label": str, "per_fold": [{"vague_excluded": {metric: v}, "all_pixels":
@@ -119,7 +120,10 @@ def _results_table(summary: Mapping[str, Any], variant: str) -> str:
 
 def _intro(summary: Mapping[str, Any], metric: str) -> list[str]:
     k = summary.get("k", len(summary.get("folds", [])))
-    images = f"{summary.get('n_images', '?')} images, {k} folds."
+    scale = ""
+    if "mpp" in summary:
+        scale = f" at {summary['mpp']:g} µm/px ({summary.get('mpp_source', 'data.mpp')})"
+    images = f"{summary.get('n_images', '?')} images{scale}, {k} folds."
     if summary.get("primary_method", "watershed") == "classical":
         return [
             "# nucleisam classical baseline report",

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from nucleisam import __version__
-from nucleisam.config import DataConfig, load_config, to_dict
-from nucleisam.data.datasets import Sample, open_dataset
+from nucleisam.config import NUINSSEG_MPP, DataConfig, load_config, to_dict
+from nucleisam.data.datasets import Dataset, Sample, open_dataset
 from nucleisam.data.folds import FoldManifest, make_folds
+from nucleisam.data.resolution import DataResolution, resolve_data_mpp
 from nucleisam.data.summary import check_samples, usable_dataset
 from nucleisam.errors import NucleisamError
 from nucleisam.experiments.report import REPORT_METRICS, mean_std
@@ -139,10 +140,11 @@ def summarize_folds(
     n_images: int,
     primary_method: str = "watershed",
     notes: Sequence[str] = (),
+    resolution: DataResolution | None = None,
 ) -> dict[str, Any]:
     """The ``summary.json`` dict (layout in :mod:`nucleisam.experiments.report`) from the finished folds'
     ``metrics.json`` dicts and their ``per_image.csv`` rows; the per-organ table and the report's
-    per-fold table are of ``primary_method``."""
+    per-fold table are of ``primary_method``; ``resolution`` is the images' (``data.mpp``)."""
     methods: dict[str, Any] = {}
     for method, method_label in METHOD_LABELS.items():
         if not folds or not all(method in fold.get("test", {}) for fold in folds):
@@ -170,6 +172,7 @@ def summarize_folds(
         "k": k,
         "folds_completed": len(folds),
         "n_images": n_images,
+        **({"mpp": resolution.mpp, "mpp_source": resolution.source} if resolution is not None else {}),
         "select_metric": select_metric,
         "primary_method": primary_method,
         "methods": methods,
@@ -218,6 +221,8 @@ def check_run_folder(out_dir: Path, config: Any, *, resume: bool) -> None:
             "folder (out)."
         )
     old, new = _flatten(to_dict(load_config(type(config), path))), _flatten(to_dict(config))
+    if "data.mpp" in old and old["data.mpp"] is None:  # a run from before data.mpp: it assumed NuInsSeg's
+        old["data.mpp"] = NUINSSEG_MPP
     changed = sorted(k for k in old.keys() | new.keys() if k not in RUNTIME_KEYS and old.get(k) != new.get(k))
     if changed:
         details = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed[:6])
@@ -226,6 +231,30 @@ def check_run_folder(out_dir: Path, config: Any, *, resume: bool) -> None:
             "with the same options, e.g. that file as the configuration (config), or start a new run in "
             "another output folder (out)."
         )
+
+
+def _open_data(data: DataConfig) -> Dataset:
+    """The data set of ``data`` (files listed and headers read, nothing decoded)."""
+    if data.root is None and data.images is None:
+        raise NucleisamError(
+            "no data: set data.root (a NuInsSeg-layout folder), or data.images with data.masks (folders "
+            "of images and label maps)."
+        )
+    return open_dataset(
+        data.root, images=data.images, masks=data.masks, binary_masks=data.binary_masks, strict=data.strict
+    )
+
+
+def resolve_run_mpp(data: DataConfig, *, log: Log = print) -> DataResolution:
+    """The resolution of ``data``'s images (:func:`nucleisam.data.resolve_data_mpp`: ``data.mpp``, else
+    what the images record, else NuInsSeg's), any warning about it logged."""
+    dataset = _open_data(data)
+    resolution = resolve_data_mpp(
+        data.mpp, [sample.image_path for sample in dataset], nuinsseg_layout=dataset.layout == "nuinsseg"
+    )
+    if resolution.warning is not None:
+        log(f"warning: {resolution.warning}")
+    return resolution
 
 
 def open_run_data(
@@ -239,14 +268,7 @@ def open_run_data(
     half-written file is a problem now, not a crash after the first fold. Problems are logged as
     warnings and their samples left out (``data.strict``: an error).
     """
-    if data.root is None and data.images is None:
-        raise NucleisamError(
-            "no data: set data.root (a NuInsSeg-layout folder), or data.images with data.masks (folders "
-            "of images and label maps)."
-        )
-    dataset = open_dataset(
-        data.root, images=data.images, masks=data.masks, binary_masks=data.binary_masks, strict=data.strict
-    )
+    dataset = _open_data(data)
     dataset = usable_dataset(dataset, check_samples(dataset.samples), strict=data.strict)
     for problem in dataset.problems:
         log(f"warning: {problem}")

@@ -28,8 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from nucleisam import __version__
-from nucleisam.config import ModelConfig, PostprocessConfig, from_dict, to_dict
-from nucleisam.data.slides import NUINSSEG_MPP
+from nucleisam.config import NUINSSEG_MPP, ModelConfig, PostprocessConfig, from_dict, to_dict
 from nucleisam.errors import NucleisamError
 from nucleisam.model.mobilesam import SAM_PIXEL_MEAN, SAM_PIXEL_STD
 from nucleisam.model.network import (

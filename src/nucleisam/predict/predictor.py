@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nucleisam.config import PostprocessConfig
-from nucleisam.data.slides import NUINSSEG_MPP
+from nucleisam.config import NUINSSEG_MPP, PostprocessConfig
 from nucleisam.errors import NucleisamError
 from nucleisam.predict.tiling import LabelFn, MapFn, check_tiling, predict_tiled
 
