@@ -137,6 +137,11 @@ def test_png_and_small_tiff_are_read_in_memory_like_read_rgb(sample_root, tmp_pa
         assert slide.backend == "memory" and slide.mpp == pytest.approx(0.25)
         region = slide.read_region((100, 50), 0, (64, 32))
         np.testing.assert_array_equal(region, read_rgb(png)[50:82, 100:164])
+        pixels = slide.pixels  # the decoded image itself, shared rather than copied
+        assert slide.pixels is pixels
+    np.testing.assert_array_equal(pixels, read_rgb(png))
+    with pytest.raises(NucleisamError, match="is closed"):
+        _ = slide.pixels
     dpi = tmp_path / "dpi.png"
     Image.fromarray(read_rgb(png)).save(dpi, dpi=(25_400 / 0.5, 25_400 / 0.5))
     with open_image(dpi) as slide:

@@ -252,6 +252,14 @@ class ArraySlide(SlideImage):
         height, width = self._image.shape[:2]
         super().__init__(Path(path), ((width, height),), mpp=mpp, mpp_source=mpp_source)
 
+    @property
+    def pixels(self) -> np.ndarray:
+        """The whole image, RGB ``uint8`` (h, w, 3): the slide's own array, not a copy, so that a
+        caller segmenting it in memory keeps the one decoded copy (it stays valid after :meth:`close`)."""
+        if self._image is None:
+            raise NucleisamError(f"slide {self.path} is closed.")
+        return self._image
+
     def _read_region(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
         if self._image is None:
             raise NucleisamError(f"slide {self.path} is closed.")
