@@ -283,6 +283,23 @@ def test_openslide_reads_generic_tiled_tiff_like_tifffile(slides):
         np.testing.assert_array_equal(by_openslide.thumbnail(300), by_tifffile.thumbnail(300))
 
 
+@requires_openslide
+def test_a_generic_tiff_opened_by_openslide_is_parsed_by_tifffile_once(slides, monkeypatch):
+    """open_image parses the TIFF (series, truncation) before choosing OpenSlide; OpenSlide's opening
+    must not parse it again to check the same thing."""
+    parsed = []
+    parse = tifffile.TiffFile.__init__
+
+    def counting(self, arg, *args, **kwargs):
+        parsed.append(Path(arg).name)
+        parse(self, arg, *args, **kwargs)
+
+    monkeypatch.setattr(tifffile.TiffFile, "__init__", counting)
+    with open_image(slides["ifds"]) as slide:
+        assert slide.backend == "openslide"
+    assert parsed == ["ifds.tif"]
+
+
 def test_pyramid_with_uneven_factors_has_every_level(canvas, tmp_path):
     """tifffile splits a 1, 4, 8 pyramid into two series; the slide still has all three levels."""
     path = write_slide(tmp_path / "uneven.tif", canvas.image, mpp=0.25, factors=(1, 4, 8))

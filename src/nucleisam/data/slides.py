@@ -483,7 +483,7 @@ def _open_tiff(file: Path, override: tuple[float, str] | None, *, openslide_can_
             _check_dtype(series.dtype, file)
             if openslide_can_read and _openslide_suits(tif):
                 tif.close()
-                return _open_openslide(file, override)
+                return _open_openslide(file, override, checked=True)
             mpp, source = override if override is not None else _tiff_metadata_mpp(tif)
             return TiffSlide(file, tif, mpp=mpp, mpp_source=source)
         except BaseException as exc:
@@ -503,13 +503,17 @@ def _openslide_suits(tif: tifffile.TiffFile) -> bool:
     return not tif.is_ome and not subifd_pyramid and series.dtype == np.uint8 and series.axes == "YXS"
 
 
-def _open_openslide(file: Path, override: tuple[float, str] | None) -> OpenSlideImage:
+def _open_openslide(
+    file: Path, override: tuple[float, str] | None, *, checked: bool = False
+) -> OpenSlideImage:
+    """``checked``: the TIFF's completeness was checked already (by :func:`_open_tiff`, which parsed
+    it), so it is not parsed a second time here."""
     openslide = _import_openslide(file)
     try:
         slide = openslide.OpenSlide(os.fspath(file))
     except Exception as exc:
         raise _corrupt(file, exc) from exc
-    if _is_tiff(file):
+    if not checked and _is_tiff(file):
         _check_tiff_complete(file)
     if override is not None:
         mpp, source = override
