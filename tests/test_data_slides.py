@@ -161,6 +161,36 @@ def test_sixteen_bit_and_planar_tiled_tiffs_read_as_rgb(canvas, tmp_path):
             np.testing.assert_array_equal(slide.read_region((10, 20), 0, (700, 400)), image[20:420, 10:710])
 
 
+def test_thumbnail_of_a_stripped_tiff_decodes_each_strip_once(canvas, tmp_path, monkeypatch):
+    """Strips span the whole width: square pieces would decode each strip once per piece across
+    (8 times here); bands of whole rows, as bounded, decode it once and average the same blocks."""
+    monkeypatch.setattr(slides_module, "THUMBNAIL_READ", 256)
+    monkeypatch.setattr(slides_module, "IN_MEMORY_MAX_PIXELS", 1024 * 1024)  # 2048×1536 is a slide
+    path = tmp_path / "stripped.tif"
+    tifffile.imwrite(path, canvas.image, photometric="rgb", compression="zlib", rowsperstrip=16)
+    deflate = tifffile.TIFF.DECOMPRESSORS[8]
+    strips: list[int] = []
+
+    def counting(data: bytes, *args: object, **kwargs: object) -> object:
+        strips.append(len(data))
+        return deflate(data, *args, **kwargs)
+
+    monkeypatch.setitem(tifffile.TIFF.DECOMPRESSORS._codecs, 8, counting)  # tifffile's codec cache
+    with open_image(path, mpp=0.25) as slide:
+        assert slide.backend == "tifffile" and slide.level_count == 1
+        sizes = []
+        original = slide._read_region
+        slide._read_region = lambda x, y, level, w, h: sizes.append((w, h)) or original(x, y, level, w, h)
+        thumb = slide.thumbnail(512)  # factor 4: bands of 2048×32 level pixels, two strips each
+        assert sizes == [(2048, 32)] * 48 and len(strips) == 1536 // 16
+        np.testing.assert_array_equal(thumb, downsample_level(canvas.image, 4))
+        strips.clear()
+        odd = slide.thumbnail(300)  # factor 6: bands of 30 rows (no multiple of 16 and 6 fits), blocks whole
+        assert len(strips) < 2 * 1536 // 16
+        reference = np.asarray(Image.fromarray(canvas.image).resize((300, 225), Image.Resampling.BOX))
+        assert odd.shape == (225, 300, 3) and np.abs(odd.astype(int) - reference.astype(int)).mean() < 3
+
+
 def test_working_level_picks_the_nearest_finer_level_and_the_resampling_factor(canvas, tmp_path):
     path = write_slide(tmp_path / "pyramid.tif", canvas.image, mpp=0.25, factors=(1, 2, 4))
     with open_image(path) as slide:  # levels at 0.25, 0.5 and 1.0 µm/px
