@@ -1,5 +1,5 @@
 """Cohort runs of ``nucleisam predict``: manifest, a bad slide failing alone, resuming after kill -9,
-the folder lock, CSV input lists and unwritable output folders."""
+the folder lock, CSV input lists and unwritable output folders, each input decoded once."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import zarr
+from PIL import Image
 
 from nucleisam.cli import main
 from nucleisam.utils.lock import LOCK_NAME, FolderLock
-from slides_helpers import write_slide
+from slides_helpers import sample_tiles, write_slide
 from synthetic_nuclei import synthetic_nuclei
 
 ARGS = ["--method", "classical", "--tissue", "none", "--tile", "256", "--formats", "csv,parquet,zarr"]
@@ -128,6 +130,33 @@ def test_csv_list_of_inputs_and_unwritable_output(slides: Path, tmp_path: Path,
     assert main(["predict", str(slides / "a.tif"), "--out", str(blocker / "out"), *ARGS]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot create output folder" in err and str(blocker / "out") in err
+
+
+def test_a_small_plain_tiff_is_decoded_once_and_segmented_like_the_same_png(
+        sample_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A single-level, stripped TIFF below IN_MEMORY_MAX_PIXELS is opened as a slide (to learn that
+    it is small), which decodes it; predicting must use those pixels, not decode the file again."""
+    image = np.concatenate(sample_tiles(sample_root, 2), axis=1)  # 512×1024 px of H&E
+    rows_per_strip = 64
+    tifffile.imwrite(tmp_path / "plain.tif", image, compression="zlib", rowsperstrip=rows_per_strip,
+                     photometric="rgb", resolution=(4e4, 4e4), resolutionunit="CENTIMETER")
+    Image.fromarray(image).save(tmp_path / "plain.png")
+    # tifffile decodes every deflate strip through this one function, whichever nucleisam path reads
+    # the file; it caches its codecs in ``_codecs``, so that is where a counting one must go.
+    deflate = tifffile.TIFF.DECOMPRESSORS[8]
+    strips: list[int] = []
+
+    def counting(data: bytes, *args: object, **kwargs: object) -> object:
+        strips.append(len(data))
+        return deflate(data, *args, **kwargs)
+
+    monkeypatch.setitem(tifffile.TIFF.DECOMPRESSORS._codecs, 8, counting)
+    common = ["--method", "classical", "--tile", "256", "--formats", "tiff,csv"]
+    assert main(["predict", str(tmp_path / "plain.tif"), "--out", str(tmp_path / "tif"), *common]) == 0
+    assert len(strips) == image.shape[0] // rows_per_strip  # every strip once: one decode
+    assert main(["predict", str(tmp_path / "plain.png"), "--out", str(tmp_path / "png"), *common]) == 0
+    for name in ("plain_labels.tif", "plain_nuclei.csv"):
+        assert (tmp_path / "tif" / name).read_bytes() == (tmp_path / "png" / name).read_bytes(), name
 
 
 def test_progress_is_logged_in_lines_when_stderr_is_not_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -137,6 +137,11 @@ def test_png_and_small_tiff_are_read_in_memory_like_read_rgb(sample_root, tmp_pa
         assert slide.backend == "memory" and slide.mpp == pytest.approx(0.25)
         region = slide.read_region((100, 50), 0, (64, 32))
         np.testing.assert_array_equal(region, read_rgb(png)[50:82, 100:164])
+        pixels = slide.pixels  # the decoded image itself, shared rather than copied
+        assert slide.pixels is pixels
+    np.testing.assert_array_equal(pixels, read_rgb(png))
+    with pytest.raises(NucleisamError, match="is closed"):
+        _ = slide.pixels
     dpi = tmp_path / "dpi.png"
     Image.fromarray(read_rgb(png)).save(dpi, dpi=(25_400 / 0.5, 25_400 / 0.5))
     with open_image(dpi) as slide:
@@ -154,6 +159,36 @@ def test_sixteen_bit_and_planar_tiled_tiffs_read_as_rgb(canvas, tmp_path):
         with open_image(path) as slide:
             assert slide.backend == "tifffile" and slide.dimensions == (768, 512)
             np.testing.assert_array_equal(slide.read_region((10, 20), 0, (700, 400)), image[20:420, 10:710])
+
+
+def test_thumbnail_of_a_stripped_tiff_decodes_each_strip_once(canvas, tmp_path, monkeypatch):
+    """Strips span the whole width: square pieces would decode each strip once per piece across
+    (8 times here); bands of whole rows, as bounded, decode it once and average the same blocks."""
+    monkeypatch.setattr(slides_module, "THUMBNAIL_READ", 256)
+    monkeypatch.setattr(slides_module, "IN_MEMORY_MAX_PIXELS", 1024 * 1024)  # 2048×1536 is a slide
+    path = tmp_path / "stripped.tif"
+    tifffile.imwrite(path, canvas.image, photometric="rgb", compression="zlib", rowsperstrip=16)
+    deflate = tifffile.TIFF.DECOMPRESSORS[8]
+    strips: list[int] = []
+
+    def counting(data: bytes, *args: object, **kwargs: object) -> object:
+        strips.append(len(data))
+        return deflate(data, *args, **kwargs)
+
+    monkeypatch.setitem(tifffile.TIFF.DECOMPRESSORS._codecs, 8, counting)  # tifffile's codec cache
+    with open_image(path, mpp=0.25) as slide:
+        assert slide.backend == "tifffile" and slide.level_count == 1
+        sizes = []
+        original = slide._read_region
+        slide._read_region = lambda x, y, level, w, h: sizes.append((w, h)) or original(x, y, level, w, h)
+        thumb = slide.thumbnail(512)  # factor 4: bands of 2048×32 level pixels, two strips each
+        assert sizes == [(2048, 32)] * 48 and len(strips) == 1536 // 16
+        np.testing.assert_array_equal(thumb, downsample_level(canvas.image, 4))
+        strips.clear()
+        odd = slide.thumbnail(300)  # factor 6: bands of 30 rows (no multiple of 16 and 6 fits), blocks whole
+        assert len(strips) < 2 * 1536 // 16
+        reference = np.asarray(Image.fromarray(canvas.image).resize((300, 225), Image.Resampling.BOX))
+        assert odd.shape == (225, 300, 3) and np.abs(odd.astype(int) - reference.astype(int)).mean() < 3
 
 
 def test_working_level_picks_the_nearest_finer_level_and_the_resampling_factor(canvas, tmp_path):
@@ -276,6 +311,23 @@ def test_openslide_reads_generic_tiled_tiff_like_tifffile(slides):
                 by_tifffile.read_region((128, 64), level, (333, 222)),
             )
         np.testing.assert_array_equal(by_openslide.thumbnail(300), by_tifffile.thumbnail(300))
+
+
+@requires_openslide
+def test_a_generic_tiff_opened_by_openslide_is_parsed_by_tifffile_once(slides, monkeypatch):
+    """open_image parses the TIFF (series, truncation) before choosing OpenSlide; OpenSlide's opening
+    must not parse it again to check the same thing."""
+    parsed = []
+    parse = tifffile.TiffFile.__init__
+
+    def counting(self, arg, *args, **kwargs):
+        parsed.append(Path(arg).name)
+        parse(self, arg, *args, **kwargs)
+
+    monkeypatch.setattr(tifffile.TiffFile, "__init__", counting)
+    with open_image(slides["ifds"]) as slide:
+        assert slide.backend == "openslide"
+    assert parsed == ["ifds.tif"]
 
 
 def test_pyramid_with_uneven_factors_has_every_level(canvas, tmp_path):

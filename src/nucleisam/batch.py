@@ -250,10 +250,9 @@ def _is_slide(slide: Any) -> bool:
     return slide.backend != "memory" and (slide.level_count > 1 or width * height > IN_MEMORY_MAX_PIXELS)
 
 
-def _process_image(path: Path, out: Path, options: CohortOptions, progress: Progress) -> tuple[int, str]:
-    from nucleisam.data.imageio import read_rgb
-
-    image = read_rgb(path)
+def _process_image(path: Path, image: np.ndarray, out: Path, options: CohortOptions,
+                   progress: Progress) -> tuple[int, str]:
+    """Segment the decoded pixels ``image`` of ``path`` in memory and export them."""
     height, width = image.shape[:2]
     method = options.method
     grid = TileGrid.for_image(height, width, tile=method.tile, overlap=method.overlap)
@@ -293,15 +292,18 @@ def _process_slide(slide: Any, out: Path, options: CohortOptions, runner: ChunkR
 
 def _process(path: Path, out: Path, options: CohortOptions, runner: Callable[[], ChunkRunner],
              progress: Progress) -> tuple[int, str]:
-    from nucleisam.data.imageio import IMAGE_SUFFIXES
-    from nucleisam.data.slides import open_image
+    from nucleisam.data.imageio import IMAGE_SUFFIXES, read_rgb
+    from nucleisam.data.slides import ArraySlide, open_image
 
     if path.suffix.lower() in IMAGE_SUFFIXES and path.suffix.lower() not in (".tif", ".tiff"):
-        return _process_image(path, out, options, progress)
+        return _process_image(path, read_rgb(path), out, options, progress)
     with open_image(path, mpp=options.mpp) as slide:
-        if not _is_slide(slide):
-            return _process_image(path, out, options, progress)
-        return _process_slide(slide, out, options, runner(), progress)
+        if _is_slide(slide):
+            return _process_slide(slide, out, options, runner(), progress)
+        # Opening a small untiled TIFF decoded it whole (read_rgb): segment those pixels rather than
+        # decode the file a second time and hold two copies. Other small TIFFs were only opened lazily.
+        image = slide.pixels if isinstance(slide, ArraySlide) else None
+    return _process_image(path, read_rgb(path) if image is None else image, out, options, progress)
 
 
 def _check_foreign_outputs(paths: list[Path], out: Path, manifest: Manifest, options: CohortOptions) -> None:

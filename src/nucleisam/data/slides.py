@@ -188,16 +188,37 @@ class SlideImage:
         downsample = self.level_downsamples[level]
         out_w, out_h = math.ceil(level_w / factor), math.ceil(level_h / factor)
         result = np.empty((out_h, out_w, 3), dtype=np.uint8)
-        step = max(1, THUMBNAIL_READ // factor)  # output pixels per piece side
-        for out_y in range(0, out_h, step):
-            for out_x in range(0, out_w, step):
-                x0, y0 = out_x * factor, out_y * factor
-                width, height = min(step * factor, level_w - x0), min(step * factor, level_h - y0)
+        piece_w, piece_h = self._thumbnail_piece(level, factor)
+        for y0 in range(0, level_h, piece_h):
+            for x0 in range(0, level_w, piece_w):
+                width, height = min(piece_w, level_w - x0), min(piece_h, level_h - y0)
                 location = (math.ceil(x0 * downsample), math.ceil(y0 * downsample))
                 piece = self.read_region(location, level, (width, height))
                 reduced = _block_mean(piece, factor)
+                out_y, out_x = y0 // factor, x0 // factor
                 result[out_y : out_y + reduced.shape[0], out_x : out_x + reduced.shape[1]] = reduced
         return result
+
+    def _thumbnail_piece(self, level: int, factor: int) -> tuple[int, int]:
+        """(width, height) in level pixels of the pieces a thumbnail reads: squares of about
+        THUMBNAIL_READ² pixels, or, when the level is stored in strips as wide as the image, bands
+        of whole rows of about as many pixels (a narrower piece would decode every strip once per
+        piece across). Heights are multiples of ``factor`` (no block straddles two pieces), and
+        of the strip height where that fits, so each strip is decoded once."""
+        side = max(1, THUMBNAIL_READ // factor) * factor
+        chunk = self._chunk_shape(level)
+        level_w = self.level_dimensions[level][0]
+        if chunk is None or chunk[1] < level_w:
+            return side, side
+        rows = THUMBNAIL_READ * THUMBNAIL_READ // level_w
+        for unit in (math.lcm(factor, chunk[0]), factor):
+            if rows >= unit:
+                return level_w, rows // unit * unit
+        return side, side  # so wide that even ``factor`` rows exceed the bound: squares after all
+
+    def _chunk_shape(self, level: int) -> tuple[int, int] | None:
+        """(height, width) of the blocks ``level`` is stored and decoded in, ``None`` when unknown."""
+        return None
 
 
 def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
@@ -244,6 +265,14 @@ class ArraySlide(SlideImage):
         height, width = self._image.shape[:2]
         super().__init__(Path(path), ((width, height),), mpp=mpp, mpp_source=mpp_source)
 
+    @property
+    def pixels(self) -> np.ndarray:
+        """The whole image, RGB ``uint8`` (h, w, 3): the slide's own array, not a copy, so that a
+        caller segmenting it in memory keeps the one decoded copy (it stays valid after :meth:`close`)."""
+        if self._image is None:
+            raise NucleisamError(f"slide {self.path} is closed.")
+        return self._image
+
     def _read_region(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
         if self._image is None:
             raise NucleisamError(f"slide {self.path} is closed.")
@@ -280,6 +309,11 @@ class TiffSlide(SlideImage):
             height, width = level.shape[1:] if self._channels_first else level.shape[:2]
             dims.append((width, height))
         super().__init__(path, tuple(dims), mpp=mpp, mpp_source=mpp_source)
+
+    def _chunk_shape(self, level: int) -> tuple[int, int] | None:
+        chunks = self._levels[level].chunks
+        height, width = chunks[1:3] if self._channels_first else chunks[:2]
+        return int(height), int(width)
 
     def _read_region(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
         if self._tif is None:
@@ -483,7 +517,7 @@ def _open_tiff(file: Path, override: tuple[float, str] | None, *, openslide_can_
             _check_dtype(series.dtype, file)
             if openslide_can_read and _openslide_suits(tif):
                 tif.close()
-                return _open_openslide(file, override)
+                return _open_openslide(file, override, checked=True)
             mpp, source = override if override is not None else _tiff_metadata_mpp(tif)
             return TiffSlide(file, tif, mpp=mpp, mpp_source=source)
         except BaseException as exc:
@@ -503,13 +537,17 @@ def _openslide_suits(tif: tifffile.TiffFile) -> bool:
     return not tif.is_ome and not subifd_pyramid and series.dtype == np.uint8 and series.axes == "YXS"
 
 
-def _open_openslide(file: Path, override: tuple[float, str] | None) -> OpenSlideImage:
+def _open_openslide(
+    file: Path, override: tuple[float, str] | None, *, checked: bool = False
+) -> OpenSlideImage:
+    """``checked``: the TIFF's completeness was checked already (by :func:`_open_tiff`, which parsed
+    it), so it is not parsed a second time here."""
     openslide = _import_openslide(file)
     try:
         slide = openslide.OpenSlide(os.fspath(file))
     except Exception as exc:
         raise _corrupt(file, exc) from exc
-    if _is_tiff(file):
+    if not checked and _is_tiff(file):
         _check_tiff_complete(file)
     if override is not None:
         mpp, source = override
