@@ -4,6 +4,7 @@ processes, the way a cluster's job scripts start them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -126,3 +127,24 @@ def test_each_worker_of_a_multi_gpu_machine_takes_its_own_gpu(
     assert _worker_device("cuda") == expected
     assert _worker_device("auto") == ("auto" if expected == "cuda" else expected)  # auto stays auto there
     assert _worker_device("cpu") == "cpu"
+
+
+def test_a_local_cluster_does_not_need_the_default_dashboard_port() -> None:
+    """Two runs on one server (two users, two cohorts) must not fight over Dask's port 8787: with it
+    taken, --workers starts its cluster without a warning."""
+    import socket
+    import warnings
+
+    from nucleisam.predict.distributed import open_runner
+
+    holder = socket.socket()
+    with contextlib.suppress(OSError):  # already taken by someone else: the same situation
+        holder.bind(("", 8787))
+        holder.listen()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with open_runner(2) as runner:
+                assert callable(runner)
+    finally:
+        holder.close()

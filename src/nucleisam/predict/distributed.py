@@ -215,7 +215,9 @@ def open_runner(workers: int = 0, scheduler: str | None = None) -> Iterator[Chun
     import dask
 
     with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENVIRONMENT}):
+        # A free port for the scheduler's HTTP server: dashboard_address=None still binds 8787 and
+        # warns when another run (another user's, on a shared server) holds it.
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR)
+                               dashboard_address=":0", silence_logs=logging.ERROR)
         with cluster, Client(cluster) as client:
             yield dask_runner(client, workers)
