@@ -139,9 +139,9 @@ def write_label_ome_tiff(path: Path, levels: list[Any], mpp: float, name: str) -
     raw = sum(level.shape[0] * level.shape[1] for level in levels) * np.dtype(np.uint32).itemsize
     metadata = {"axes": "YX", "Name": name, "PhysicalSizeX": mpp, "PhysicalSizeY": mpp,
                 "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"}
-    # Deflate is most of the time: every core encodes (inference is over by now), a few tiles each per
-    # batch, since tifffile reads a whole batch of tiles before it encodes them.
-    workers = max(1, os.cpu_count() or 1)
+    # Deflate is most of the time: every core this process may use encodes (inference is over by now),
+    # a few tiles each per batch, since tifffile reads a whole batch of tiles before it encodes them.
+    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     batch = 4 * workers * OME_TIFF_TILE**2 * np.dtype(np.uint32).itemsize
     with tifffile.TiffWriter(path, bigtiff=raw > BIGTIFF_BYTES, ome=True) as writer:
         for index, level in enumerate(levels):
