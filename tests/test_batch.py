@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import zarr
 from PIL import Image
 
 from nucleisam.cli import main
@@ -66,16 +65,23 @@ def test_a_corrupt_slide_fails_alone_and_a_rerun_redoes_only_it(slides: Path, tm
     assert (out / "a_nuclei.csv").stat().st_mtime_ns != before
 
 
+def ome_tiff_levels(path: Path) -> list[np.ndarray]:
+    with tifffile.TiffFile(path) as tif:
+        return [level.asarray() for level in tif.series[0].levels]
+
+
 def test_kill_9_mid_cohort_then_rerun_gives_the_clean_run_outputs(slides: Path, tmp_path: Path) -> None:
+    """With the OME-TIFF labels and no zarr asked for, the killed slide leaves a scratch label zarr
+    besides its part files: the rerun clears it with them."""
     inputs = [str(slides / name) for name in ("a.tif", "b.tif")]
+    args = [*ARGS[:-1], "csv,parquet,ome-tiff"]
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "nucleisam", "predict", *inputs, "--out", str(out), *ARGS]
+    command = [sys.executable, "-m", "nucleisam", "predict", *inputs, "--out", str(out), *args]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and process.poll() is None:
-            rows = manifest(out) if (out / "manifest.csv").exists() else {}
-            if rows.get("a.tif", {}).get("status") == "done" and "b.tif" in rows:
+            if (out / ".b_labels.ome.tif.zarr.part").exists():  # b.tif is being written
                 break
             time.sleep(0.05)
         assert process.poll() is None, "the run ended before it could be killed"
@@ -86,16 +92,18 @@ def test_kill_9_mid_cohort_then_rerun_gives_the_clean_run_outputs(slides: Path, 
     rows = manifest(out)
     assert rows["b.tif"]["status"] == "failed" and "unfinished" in rows["b.tif"]["error"]
     assert not (out / "b_nuclei.csv").exists()
+    assert (out / ".b_labels.ome.tif.zarr.part").is_dir() and (out / "a_labels.ome.tif").is_file()
 
-    assert main(["predict", *inputs, "--out", str(out), *ARGS]) == 0  # the stale lock is taken over
+    assert main(["predict", *inputs, "--out", str(out), *args]) == 0  # the stale lock is taken over
     clean = tmp_path / "clean"
-    assert main(["predict", *inputs, "--out", str(clean), *ARGS]) == 0
+    assert main(["predict", *inputs, "--out", str(clean), *args]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in clean.iterdir())
     assert all(row["status"] == "done" for row in manifest(out).values())
     for stem in ("a", "b"):
         assert (out / f"{stem}_nuclei.csv").read_bytes() == (clean / f"{stem}_nuclei.csv").read_bytes()
-        np.testing.assert_array_equal(zarr.open_group(out / f"{stem}_labels.zarr", mode="r")["0"][:],
-                                      zarr.open_group(clean / f"{stem}_labels.zarr", mode="r")["0"][:])
+        killed, fresh = (ome_tiff_levels(folder / f"{stem}_labels.ome.tif") for folder in (out, clean))
+        assert len(killed) == len(fresh) == 1 and killed[0].max() > 100
+        np.testing.assert_array_equal(killed[0], fresh[0])
 
 
 def test_a_second_run_into_the_same_folder_is_refused(slides: Path, tmp_path: Path,

@@ -31,7 +31,7 @@ from nucleisam.predict.slide import (
     tissue_tiles,
 )
 from nucleisam.predict.tiling import TileGrid, predict_tiled
-from slides_helpers import write_slide
+from slides_helpers import sample_tiles, slide_canvas, write_slide
 from synthetic_nuclei import distance_watershed, synthetic_nuclei, threshold_maps
 
 
@@ -161,6 +161,38 @@ def test_slide_path_equals_in_memory_path_on_the_same_pixels(scene: np.ndarray, 
     assert [d["path"] for d in attrs["multiscales"][0]["datasets"]] == ["0"]  # fits one 1024² chunk
     assert "image-label" in attrs
     assert Image.open(slide / "s_overlay.png").size == (1024, 768)  # the thumbnail (≤ 2048 px)
+
+
+def test_ome_tiff_labels_are_the_zarr_labels_as_a_pyramid(sample_root: Path, tmp_path: Path) -> None:
+    """Real H&E tiles on a 1000×1300 px slide scanned at 0.24 µm/px (read as-is for the classical
+    method's 0.25): the OME-TIFF's level 0 is the zarr's labels exactly, holding the Parquet's ids; its
+    SubIFD level is every second pixel; PhysicalSizeX is the working µm/px, the zarr's scale. Asked
+    for alone, the same image comes from a scratch zarr that is gone afterwards."""
+    tiles = sample_tiles(sample_root, 5)
+    canvas = slide_canvas(tiles, grid=(3, 2), cells=[(0, 0), (1, 0), (2, 0), (0, 1), (2, 1)]).image
+    write_slide(tmp_path / "he.tif", canvas[:1000, :1300], mpp=0.24, factors=(1, 2))
+    args = ["predict", str(tmp_path / "he.tif"), "--method", "classical", "--tissue", "none", "--tile", "512",
+            "--chunk-tiles", "1"]
+    assert main([*args, "--out", str(tmp_path / "both"), "--formats", "zarr,ome-tiff,parquet"]) == 0
+    assert main([*args, "--out", str(tmp_path / "alone"), "--formats", "ome-tiff"]) == 0
+    assert sorted(p.name for p in (tmp_path / "alone").iterdir()) == ["he_labels.ome.tif", "manifest.csv"]
+
+    group = zarr.open_group(tmp_path / "both" / "he_labels.zarr", mode="r")
+    zarr_scale = group.attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
+    ids = pq.read_table(tmp_path / "both" / "he_nuclei.parquet").column("id").to_numpy()
+    for folder in ("both", "alone"):
+        with tifffile.TiffFile(tmp_path / folder / "he_labels.ome.tif") as tif:
+            assert tif.is_ome
+            levels = [level.asarray() for level in tif.series[0].levels]
+            pixels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]
+        assert [level.shape for level in levels] == [(1000, 1300), (500, 650)]
+        assert levels[0].dtype == np.uint32
+        np.testing.assert_array_equal(levels[0], group["0"][:])
+        np.testing.assert_array_equal(levels[1], levels[0][::2, ::2])
+        np.testing.assert_array_equal(levels[1], group["1"][:])
+        assert set(np.unique(levels[0])) - {0} == set(ids.tolist()) and len(ids) > 300
+        assert pixels["PhysicalSizeX"] == pixels["PhysicalSizeY"] == pytest.approx(0.24)
+        assert [pixels["PhysicalSizeX"]] * 2 == pytest.approx(zarr_scale)
 
 
 @pytest.mark.parametrize("tissue", ["auto", "mask"])

@@ -23,8 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "MRXS, SCN, OME-TIFF, pyramidal TIFF; streamed chunk by chunk, optionally on Dask). Per image: "
         "<stem>_labels.tif, <stem>_nuclei.geojson (QuPath detections), <stem>_nuclei.csv, "
         "<stem>_overlay.png; per slide: <stem>_nuclei.parquet/.csv/.geojson, <stem>_labels.zarr "
-        "(OME-Zarr), <stem>_overlay.png (thumbnail), <stem>_tissue.png. <out>/manifest.csv records every "
-        "input; rerunning skips those done with the same method and parameters.",
+        "(OME-Zarr; --formats ome-tiff adds <stem>_labels.ome.tif), <stem>_overlay.png (thumbnail), "
+        "<stem>_tissue.png. <out>/manifest.csv records every input; rerunning skips those done with the "
+        "same method and parameters.",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="images or slides: files, folders (their images), glob patterns (quote them; "

@@ -1,7 +1,7 @@
 """Writers of segmentation results: per-image files (:mod:`~nucleisam.exports.images`: label TIFF,
 QuPath GeoJSON, CSV, overlay) and slide outputs streamed chunk by chunk
-(:mod:`~nucleisam.exports.slides`: Parquet, CSV, GeoJSON, OME-Zarr labels, thumbnail overlay,
-tissue mask)."""
+(:mod:`~nucleisam.exports.slides`: Parquet, CSV, GeoJSON, OME-Zarr and OME-TIFF labels, thumbnail
+overlay, tissue mask)."""
 
 from nucleisam.exports.images import (
     EXPORT_FORMATS,

@@ -11,6 +11,10 @@ geojson.gz     ``<stem>_nuclei.geojson.gz``      the same, gzip-compressed (QuPa
 zarr           ``<stem>_labels.zarr``            OME-Zarr 0.4 label image (zarr v2, uint32 ids,
                                                  1024² chunks, 2× pyramid), µm scale of the working
                                                  resolution; napari opens it as a labels layer
+ome-tiff       ``<stem>_labels.ome.tif``         the same label image as a pyramidal OME-TIFF (512²
+                                                 deflate tiles, reduced levels in SubIFDs,
+                                                 ``PhysicalSizeX``/``Y`` in µm); QuPath, Fiji and
+                                                 OMERO (Bio-Formats) and napari (tifffile) open it
 overlay        ``<stem>_overlay.png``            nucleus outlines on the slide's thumbnail
 tissue         ``<stem>_tissue.png``             the tissue mask used (white = tissue), thumbnail size
 =============  ================================  =====================================================
@@ -18,6 +22,10 @@ tissue         ``<stem>_tissue.png``             the tissue mask used (white = t
 Every file grows under a temporary name ``.<name>.part`` in the output folder and all are renamed
 into place only when the whole slide is done (:meth:`SlideWriter.close`); a failure removes them,
 and a killed run leaves only ``.part`` names, which :func:`remove_partials` clears.
+
+Chunks may arrive in any order, and a TIFF is written front to back, so the OME-TIFF is written at
+:meth:`SlideWriter.close` from the label zarr (its pyramid included): the ``zarr`` output when it was
+asked for, else a scratch zarr named ``.<stem>_labels.ome.tif.zarr.part`` that is removed afterwards.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -40,16 +49,24 @@ from nucleisam.exports.images import NUCLEUS_CLASS, rounded_rows
 from nucleisam.predict.assemble import SLIDE_COLUMNS, CommittedChunk
 from nucleisam.predict.slide import SlideGeometry
 
-SLIDE_FORMATS: tuple[str, ...] = ("parquet", "csv", "geojson", "geojson.gz", "zarr", "overlay", "tissue")
-#: What a slide writes when ``--formats`` is not given.
+SLIDE_FORMATS: tuple[str, ...] = (
+    "parquet", "csv", "geojson", "geojson.gz", "zarr", "ome-tiff", "overlay", "tissue")
+#: What a slide writes when ``--formats`` is not given. Not ``ome-tiff``: it holds what the zarr holds,
+#: and writing it is one more pass over the whole label image after the last chunk.
 DEFAULT_SLIDE_FORMATS: tuple[str, ...] = ("parquet", "csv", "geojson", "zarr", "overlay", "tissue")
 SLIDE_SUFFIXES: dict[str, str] = {
     "parquet": "_nuclei.parquet", "csv": "_nuclei.csv", "geojson": "_nuclei.geojson",
     "geojson.gz": "_nuclei.geojson.gz", "zarr": "_labels.zarr", "overlay": "_overlay.png",
-    "tissue": "_tissue.png",
+    "tissue": "_tissue.png", "ome-tiff": "_labels.ome.tif",
 }
 #: Label zarr chunk side; pyramid levels halve until the longest side fits in one chunk.
 ZARR_CHUNK = 1024
+#: OME-TIFF tile side, what QuPath and Bio-Formats write their own pyramids in; it divides ZARR_CHUNK,
+#: so one zarr read of OME_TIFF_TILE rows × ZARR_CHUNK columns yields whole tiles.
+OME_TIFF_TILE = 512
+#: Above this many uncompressed bytes (all levels) the OME-TIFF is a BigTIFF: deflate's worst case adds
+#: far under 1%, so below it a classic TIFF's 32-bit offsets cannot overflow.
+BIGTIFF_BYTES = 3 << 30
 OVERLAY_COLOUR = (0, 255, 0)
 _UUID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/nucleisam/nucleisam/nucleus")
 
@@ -64,6 +81,12 @@ def slide_output_paths(
 def part_path(path: Path) -> Path:
     """The temporary name ``path`` grows under."""
     return path.with_name(f".{path.name}.part")
+
+
+def scratch_zarr_path(path: Path) -> Path:
+    """Where the label zarr behind the OME-TIFF ``path`` grows when no zarr output was asked for: a
+    ``.part`` name :func:`remove_partials` clears like the other temporary files."""
+    return path.with_name(f".{path.name}.zarr.part")
 
 
 def remove_path(path: Path) -> None:
@@ -91,6 +114,47 @@ def _label_array(group: Any, name: str, shape: tuple[int, ...]) -> Any:
     """A uint32 label array as OME-Zarr 0.4 wants it: zarr v2 with '/'-separated chunk keys."""
     return group.create_array(name, shape=shape, chunks=(ZARR_CHUNK, ZARR_CHUNK), dtype="uint32",
                               fill_value=0, chunk_key_encoding={"name": "v2", "separator": "/"})
+
+
+def _level_tiles(level: Any) -> Iterator[np.ndarray]:
+    """The tiles of a 2-D zarr array in row-major order (edge tiles cut short: tifffile pads them).
+
+    One read spans a whole zarr chunk's width, so a chunk is decoded once per tile row it covers,
+    not once per tile, and only OME_TIFF_TILE × ZARR_CHUNK pixels are held at a time."""
+    height, width = level.shape
+    for top in range(0, height, OME_TIFF_TILE):
+        for left in range(0, width, ZARR_CHUNK):
+            band = level[top : top + OME_TIFF_TILE, left : left + ZARR_CHUNK]
+            for x in range(0, band.shape[1], OME_TIFF_TILE):
+                yield band[:, x : x + OME_TIFF_TILE]
+
+
+def write_label_ome_tiff(path: Path, levels: list[Any], mpp: float, name: str) -> None:
+    """Write a label pyramid (uint32 2-D arrays, level ``k`` every ``2**k``-th pixel of level 0, zarr
+    arrays or anything sliceable) as a tiled, deflate-compressed OME-TIFF: level 0 in the first IFD
+    with ``PhysicalSizeX``/``Y`` = ``mpp`` µm, the reduced levels in its SubIFDs. Tiles are streamed
+    from ``levels``, so memory does not grow with the image."""
+    import tifffile
+
+    raw = sum(level.shape[0] * level.shape[1] for level in levels) * np.dtype(np.uint32).itemsize
+    metadata = {"axes": "YX", "Name": name, "PhysicalSizeX": mpp, "PhysicalSizeY": mpp,
+                "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"}
+    # Deflate is most of the time: every core this process may use encodes (inference is over by now),
+    # a few tiles each per batch, since tifffile reads a whole batch of tiles before it encodes them.
+    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    batch = 4 * workers * OME_TIFF_TILE**2 * np.dtype(np.uint32).itemsize
+    with tifffile.TiffWriter(path, bigtiff=raw > BIGTIFF_BYTES, ome=True) as writer:
+        for index, level in enumerate(levels):
+            per_cm = 1e4 / (mpp * 2**index)  # resolution tags too, for readers that ignore OME-XML
+            options: dict[str, Any] = {
+                "shape": tuple(level.shape), "dtype": np.uint32, "tile": (OME_TIFF_TILE, OME_TIFF_TILE),
+                "photometric": "minisblack", "compression": "zlib", "resolution": (per_cm, per_cm),
+                "resolutionunit": "CENTIMETER", "maxworkers": workers, "buffersize": batch}
+            if index == 0:
+                options.update(subifds=len(levels) - 1, metadata=metadata)
+            else:
+                options.update(subfiletype=1)  # reduced-resolution version of level 0
+            writer.write(_level_tiles(level), **options)
 
 
 def _feature(stem: str, label_id: int, ring: np.ndarray, names: list[str], row: list) -> dict:
@@ -126,6 +190,8 @@ class SlideWriter:
         self._handles: dict[str, IO[Any]] = {}
         self._parquet: Any = None
         self._zarr: Any = None
+        # The label zarr's folder: the zarr output's part, or the OME-TIFF's scratch zarr.
+        self._labels_path: Path | None = None
         self._separator = {"geojson": "\n", "geojson.gz": "\n"}
         self._overlay: Image.Image | None = None
         self._open()
@@ -148,16 +214,19 @@ class SlideWriter:
                           else open(part_path(path), "w", encoding="utf-8"))
                 handle.write('{"type":"FeatureCollection","features":[')
                 self._handles[name] = handle
-            elif name == "zarr":
-                self._zarr = self._create_zarr(part_path(path))
+            elif name == "ome-tiff":
+                remove_path(scratch_zarr_path(path))
             elif name == "overlay":
                 self._overlay = Image.fromarray(np.ascontiguousarray(self.thumbnail))
+        if "zarr" in self.paths:
+            self._labels_path = part_path(self.paths["zarr"])
+        elif "ome-tiff" in self.paths:
+            self._labels_path = scratch_zarr_path(self.paths["ome-tiff"])
+        if self._labels_path is not None:
+            import zarr
 
-    def _create_zarr(self, path: Path) -> Any:
-        import zarr
-
-        group = zarr.open_group(path, mode="w", zarr_format=2)
-        return _label_array(group, "0", (self.geometry.height, self.geometry.width))
+            group = zarr.open_group(self._labels_path, mode="w", zarr_format=2)
+            self._zarr = _label_array(group, "0", (self.geometry.height, self.geometry.width))
 
     def write(self, chunk: CommittedChunk) -> None:
         """Append one committed chunk to every output."""
@@ -191,12 +260,13 @@ class SlideWriter:
         for ring in rings:
             draw.line([tuple(p) for p in (ring * factor).tolist()], fill=OVERLAY_COLOUR, width=1)
 
-    def _finish_zarr(self) -> None:
-        """Add the 2× pyramid and the OME-Zarr 0.4 label-image metadata."""
+    def _finish_labels(self) -> list[Any]:
+        """Add the 2× pyramid to the label zarr and, for the zarr output, the OME-Zarr 0.4 label-image
+        metadata; returns the levels, full size first."""
         import zarr
 
-        group = zarr.open_group(part_path(self.paths["zarr"]), mode="r+", zarr_format=2)
-        level, datasets = self._zarr, []
+        group = zarr.open_group(self._labels_path, mode="r+", zarr_format=2)
+        level, datasets, levels = self._zarr, [], [self._zarr]
         factor = 1
         while True:
             scale = self.geometry.mpp * factor
@@ -211,10 +281,14 @@ class SlideWriter:
                     smaller[top // 2 : (top + block) // 2, left // 2 : (left + block) // 2] = (
                         level[top : top + block, left : left + block][::2, ::2])
             level, factor = smaller, factor * 2
+            levels.append(level)
+        if "zarr" not in self.paths:
+            return levels
         axes = [{"name": axis, "type": "space", "unit": "micrometer"} for axis in ("y", "x")]
         group.attrs["multiscales"] = [{"version": "0.4", "name": f"{self.stem} nuclei", "axes": axes,
                                        "datasets": datasets}]
         group.attrs["image-label"] = {"version": "0.4", "source": {"image": self.stem}}
+        return levels
 
     def close(self) -> dict[str, Path]:
         """Finish every output and rename it into place; returns format → path."""
@@ -226,7 +300,11 @@ class SlideWriter:
             handle.close()
         self._handles.clear()
         if self._zarr is not None:
-            self._finish_zarr()
+            levels = self._finish_labels()
+            if "ome-tiff" in self.paths:
+                write_label_ome_tiff(part_path(self.paths["ome-tiff"]), levels, self.geometry.mpp,
+                                     f"{self.stem} nuclei")
+                remove_path(scratch_zarr_path(self.paths["ome-tiff"]))
         if self._overlay is not None:
             self._overlay.save(part_path(self.paths["overlay"]), format="PNG")
         if "tissue" in self.paths:
@@ -248,12 +326,18 @@ class SlideWriter:
                 handle.close()
         for path in self.paths.values():
             remove_path(part_path(path))
+        if "ome-tiff" in self.paths:
+            remove_path(scratch_zarr_path(self.paths["ome-tiff"]))
 
     def __enter__(self) -> SlideWriter:
         return self
 
     def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
         if exc_type is None:
-            self.close()
+            try:
+                self.close()
+            except BaseException:  # a failed finish (disk full, …) leaves no temporary files either
+                self.abort()
+                raise
         else:
             self.abort()
