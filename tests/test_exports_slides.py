@@ -109,3 +109,28 @@ def test_a_killed_run_leaves_only_part_names_that_remove_partials_clears(chunks,
     removed = remove_partials(tmp_path, "s", sorted(SLIDE_SUFFIXES.values()))
     assert {p.name for p in removed} == {".s_labels.ome.tif.zarr.part", ".s_nuclei.parquet.part"}
     assert list(tmp_path.iterdir()) == []
+
+
+def test_gzipped_geojson_is_the_same_bytes_on_every_run(chunks, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reruns of the same slide give identical files (checksums, caches and diffs stay meaningful):
+    the gzip header holds no write time, and it names the final file, not the temporary one."""
+    import gzip
+    import json
+    import time
+
+    _, committed = chunks
+    outputs = []
+    for run, clock in enumerate((1_000_000_000.0, 1_700_000_000.0)):
+        monkeypatch.setattr(time, "time", lambda clock=clock: clock)
+        out = tmp_path / str(run)
+        out.mkdir()
+        with writer(out, ("geojson.gz",)) as slide:
+            for chunk in committed:
+                slide.write(chunk)
+        outputs.append((out / "s_nuclei.geojson.gz").read_bytes())
+    assert outputs[0] == outputs[1]
+    header = outputs[0]
+    assert header[:2] == b"\x1f\x8b" and header[4:8] == b"\0\0\0\0"  # magic; MTIME 0
+    assert header[10:header.index(b"\0", 10)] == b"s_nuclei.geojson"  # FNAME
+    assert json.loads(gzip.decompress(outputs[0]))["type"] == "FeatureCollection"

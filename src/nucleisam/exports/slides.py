@@ -34,6 +34,7 @@ import contextlib
 import csv
 import glob
 import gzip
+import io
 import json
 import os
 import shutil
@@ -87,6 +88,33 @@ def scratch_zarr_path(path: Path) -> Path:
     """Where the label zarr behind the OME-TIFF ``path`` grows when no zarr output was asked for: a
     ``.part`` name :func:`remove_partials` clears like the other temporary files."""
     return path.with_name(f".{path.name}.zarr.part")
+
+
+def _open_gzip_text(path: Path, final_name: str) -> IO[str]:
+    """A text file gzip-compressed into ``path`` whose header is the same on every run: no write time,
+    and the final file's name (what ``gunzip -N`` restores), not the temporary one's."""
+    raw = open(path, "wb")
+    try:
+        compressed = gzip.GzipFile(filename=final_name.removesuffix(".gz"), mode="wb", fileobj=raw, mtime=0)
+    except BaseException:
+        raw.close()
+        raise
+    return _GzipText(compressed, raw)
+
+
+class _GzipText(io.TextIOWrapper):
+    """UTF-8 text into a :class:`gzip.GzipFile` that, on close, also closes the file beneath it (a
+    GzipFile given a file object leaves it open)."""
+
+    def __init__(self, compressed: gzip.GzipFile, raw: IO[bytes]) -> None:
+        super().__init__(compressed, encoding="utf-8")
+        self._raw = raw
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._raw.close()
 
 
 def remove_path(path: Path) -> None:
@@ -210,7 +238,7 @@ class SlideWriter:
                 csv.writer(handle, lineterminator="\n").writerow(SLIDE_COLUMNS)
                 self._handles[name] = handle
             elif name in ("geojson", "geojson.gz"):
-                handle = (gzip.open(part_path(path), "wt", encoding="utf-8") if name == "geojson.gz"
+                handle = (_open_gzip_text(part_path(path), path.name) if name == "geojson.gz"
                           else open(part_path(path), "w", encoding="utf-8"))
                 handle.write('{"type":"FeatureCollection","features":[')
                 self._handles[name] = handle
