@@ -1,7 +1,8 @@
 """nucleisam: LoRA fine-tuning of MobileSAM for nuclei instance segmentation in H&E images.
 
-The package mirrors the pipeline, each stage importable and testable on its own:
-``data → model → train → postprocess → metrics → predict → io``; ``cli`` is a thin layer on top.
+Layers, each importing only from those below it (an import-linter contract in pyproject.toml keeps
+them; ARCHITECTURE.md describes each): errors → utils → config → data → metrics | morphometry →
+postprocess → model → classical → train | predict → experiments | exports | evaluate → batch → cli.
 """
 
 from nucleisam.errors import NucleisamError
