@@ -26,11 +26,19 @@ def test_info_on_bundled_sample(sample_root: Path, capsys: pytest.CaptureFixture
     assert code == 0 and err == ""
     assert "images:   6\n" in out and f"nuclei:   {nuclei:,}\n" in out
     assert "human spleen" in out and "problems: none" in out
+    assert ("\nresolution: 0.25 µm/px for a run (NuInsSeg's, by default); the images record no resolution "
+            "(or only an image editor's, such as 72 dpi)\nproblems" in out)
     code, out, _ = run_cli(["data", "info", "--data", str(sample_root), "--json"], capsys)
     data = json.loads(out)
     assert code == 0 and (data["images"], data["nuclei"]) == (6, nuclei)
     assert data["organs"] == {"human spleen": {"images": 6, "nuclei": nuclei}}
     assert data["tiles_with_vague_areas"] == 6 and data["problems"] == []
+    # The NuInsSeg PNGs record no resolution: a run takes NuInsSeg's 0.25 µm/px, without a warning.
+    assert data["resolution"] == {
+        "recorded": {"state": "none", "images": 6, "images_recording": 0, "mpp": None, "min": None,
+                     "max": None,
+                     "text": "the images record no resolution (or only an image editor's, such as 72 dpi)"},
+        "mpp": 0.25, "source": "NuInsSeg's, by default", "warning": None}
 
 
 @requires_shared_data
@@ -58,6 +66,47 @@ def test_info_on_image_and_mask_folders(sample_root: Path, tmp_path: Path,
     code, out, _ = run_cli(["data", "info", "--images", str(images), "--masks", str(masks), "--binary-masks",
                             "--json"], capsys)
     assert code == 0 and json.loads(out)["images"] == 6 and json.loads(out)["organs"].keys() == {"unknown"}
+
+
+def test_info_reports_the_resolution_the_images_record_and_a_run_would_use(
+    sample_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bundled tiles as TIFFs tagged 0.5 µm/px (a 20x scan), with their label maps."""
+    images = tmp_path / "images"
+    images.mkdir()
+    per_cm = 1e4 / 0.5
+    for png in sorted((_organ(sample_root) / "tissue images").glob("*.png")):
+        tifffile.imwrite(images / f"{png.stem}.tif", np.asarray(Image.open(png).convert("RGB")),
+                         photometric="rgb", resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
+    masks = _organ(sample_root) / "label masks modify"
+    args = ["data", "info", "--images", str(images), "--masks", str(masks)]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0 and err == ""
+    assert "\nresolution: 0.5 µm/px for a run (recorded in the images); all 6 images record 0.5 µm/px\n" \
+        in out
+    assert "warning" not in out
+
+    # --mpp as a run would take it: it wins, and a clash with what every image records is warned.
+    code, out, _ = run_cli([*args, "--mpp", "0.25", "--json"], capsys)
+    resolution = json.loads(out)["resolution"]
+    assert code == 0 and (resolution["mpp"], resolution["source"]) == (0.25, "data.mpp")
+    assert (resolution["recorded"]["state"], resolution["recorded"]["mpp"]) == ("agree", 0.5)
+    assert "data.mpp (--mpp) is 0.25 µm/px but every image records 0.5 µm/px" in resolution["warning"]
+    code, _, err = run_cli([*args, "--mpp", "-1"], capsys)
+    assert code == 2 and "data.mpp" in err and "between 0.01 and 50" in err
+
+    # One image at 0.25 µm/px: they disagree, so a run would fall back to NuInsSeg's, with a warning.
+    first = sorted(images.iterdir())[0]
+    tifffile.imwrite(first, tifffile.imread(first), photometric="rgb", resolution=(4e4, 4e4),
+                     resolutionunit="CENTIMETER")
+    code, out, _ = run_cli(args, capsys)
+    assert code == 0
+    assert ("\nresolution: 0.25 µm/px for a run (NuInsSeg's, by default); the images record different "
+            "resolutions (0.25–0.5 µm/px)\n  warning: the images record different resolutions" in out)
+    code, out, _ = run_cli([*args, "--json"], capsys)
+    recorded = json.loads(out)["resolution"]["recorded"]
+    assert (recorded["state"], recorded["min"], recorded["max"]) == ("differ", 0.25, 0.5)
+    assert recorded["mpp"] is None
 
 
 def test_folds_writes_the_manifest(sample_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -140,4 +142,37 @@ def test_adapter_method_with_a_saved_adapter(tmp_path: Path, capsys: pytest.Capt
     assert sorted(p.name for p in out.iterdir()) == ["manifest.csv", "x_labels.tif", "x_nuclei.csv",
                                                     "x_nuclei.geojson", "x_overlay.png"]
     assert tifffile.imread(out / "x_labels.tif").shape == (300, 260)
+    assert "1 image(s)" in capsys.readouterr().out
+
+
+def test_an_earlier_output_folder_is_not_segmented_again(
+    cropped_sample: Callable[[int, int], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Real tiles predicted into their own folder, then into another: rerunning on either folder
+    segments the tiles, not the label TIFFs and overlays written beside them."""
+    tiles = cropped_sample(2, 128) / "human spleen" / "tissue images"
+    images = tmp_path / "in"
+    shutil.copytree(tiles, images)
+    args = ["--method", "classical", "--tile", "256"]
+    assert main(["predict", str(images), "--out", str(images), *args]) == 0
+    assert "2 image(s)" in capsys.readouterr().out
+    assert len(list(images.glob("*_labels.tif"))) == len(list(images.glob("*_overlay.png"))) == 2
+
+    # The same folder again: its two tiles are done already and the four image outputs are left out.
+    assert main(["predict", str(images), "--out", str(images), *args]) == 0
+    stdout = capsys.readouterr().out
+    assert "left out 4 outputs of an earlier nucleisam run" in stdout
+    assert "2 image(s)" in stdout and "2 done already" in stdout
+    assert not list(images.glob("*_labels_*")) and not list(images.glob("*_overlay_*"))
+
+    # Outputs in a folder of their own are known by its manifest.csv: nothing there to segment.
+    out = tmp_path / "out"
+    assert main(["predict", str(tiles), "--out", str(out), *args]) == 0
+    capsys.readouterr()
+    code = main(["predict", str(out), "--out", str(tmp_path / "again"), *args])
+    assert code == 2 and not (tmp_path / "again").exists()
+    assert "holds only outputs of an earlier nucleisam run (4 files such as" in capsys.readouterr().err
+    # Named explicitly, an overlay is an image like any other.
+    overlay = sorted(out.glob("*_overlay.png"))[0]
+    assert main(["predict", str(overlay), "--out", str(tmp_path / "again"), *args]) == 0
     assert "1 image(s)" in capsys.readouterr().out

@@ -43,14 +43,19 @@ from nucleisam.exports.slides import (
 )
 from nucleisam.predict.assemble import SlideAssembler
 from nucleisam.predict.distributed import ChunkRunner, MethodSpec, cached_predictor, method_mpp, open_runner
-from nucleisam.predict.inputs import check_unique_stems, expand_inputs, output_stem
+from nucleisam.predict.inputs import (
+    INPUT_SUFFIXES,
+    MANIFEST_NAME,
+    check_unique_stems,
+    collect_inputs,
+    output_stem,
+)
 from nucleisam.predict.slide import CHUNK_TILES, SlideJob, plan_chunks, slide_geometry, tissue_tiles
 from nucleisam.predict.tiling import TileGrid
 from nucleisam.utils.atomic import check_outputs_free, ensure_output_dir
 from nucleisam.utils.lock import FolderLock
 from nucleisam.utils.tables import read_rows_csv, write_rows_csv
 
-MANIFEST_NAME = "manifest.csv"
 MANIFEST_TEXT = ("input", "status", "error", "fingerprint")
 UNFINISHED = "unfinished: the run stopped while processing it"
 #: Seconds between progress lines when stderr is not a terminal.
@@ -147,6 +152,12 @@ def _kind_formats(options: CohortOptions, kind: str, path: Path | None = None) -
 
 def _all_suffixes() -> list[str]:
     return sorted(set(OUTPUT_SUFFIXES.values()) | set(SLIDE_SUFFIXES.values()))
+
+
+def own_output_suffixes() -> list[str]:
+    """The output names that read as input images (label TIFFs, overlay and tissue PNGs): what an
+    earlier run left in a folder that is expanded again."""
+    return [suffix for suffix in _all_suffixes() if suffix.lower().endswith(INPUT_SUFFIXES)]
 
 
 def _possible_outputs(out: Path, stem: str) -> list[Path]:
@@ -364,7 +375,8 @@ def run_cohort(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[
             ``overwrite``), a concurrent run on ``out``, or any input failed (the others are done and
             recorded; the message lists the failed ones).
     """
-    paths = expand_inputs(inputs)
+    expanded = collect_inputs(inputs, output_suffixes=own_output_suffixes())
+    paths = expanded.paths
     check_unique_stems(paths)
     if options.tissue not in ("auto", "none") and not Path(options.tissue).is_file():
         raise NucleisamError(f"--tissue {options.tissue}: no such mask file; give auto, none or a mask.")
@@ -390,6 +402,10 @@ def run_cohort(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[
 
         progress = Progress(len(paths))
         stack.callback(progress.close)
+        if expanded.left_out:
+            left_out = expanded.left_out
+            progress.write(f"left out {len(left_out)} outputs of an earlier nucleisam run found in the input "
+                           f"folders (such as {left_out[0]}); name them as files to segment them")
         outcomes = [_run_one(path, folder, options, manifest, print_, runner, progress) for path in paths]
     _report(outcomes, folder, options)
     return outcomes

@@ -7,8 +7,10 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from nucleisam.cli.options import DATA_SOURCE, FOLDS, add_deprecated_root, add_option, add_options
+from nucleisam.config import DataConfig
 from nucleisam.data.datasets import Dataset, open_dataset
 from nucleisam.data.download import (
     DATASETS,
@@ -24,9 +26,9 @@ from nucleisam.errors import NucleisamError
 from nucleisam.utils.atomic import ensure_output_dir
 
 
-def _add_data_source(parser: argparse.ArgumentParser) -> None:
+def _add_data_source(parser: argparse.ArgumentParser, *extra: str) -> None:
     add_deprecated_root(parser)
-    add_options(parser.add_argument_group("data"), DATA_SOURCE)
+    add_options(parser.add_argument_group("data"), (*DATA_SOURCE, *extra))
 
 
 def _open(args: argparse.Namespace) -> Dataset:
@@ -44,8 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     info = commands.add_parser("info", help="count images, nuclei, organs, vague areas and problems",
                                description="Count images, nuclei, organs, tiles with vague areas, and "
-                               "list problems (unpaired files, duplicates, size mismatches).")
-    _add_data_source(info)
+                               "list problems (unpaired files, duplicates, size mismatches); say which "
+                               "resolution the images record and which a run on them would use.")
+    _add_data_source(info, "mpp")
     add_option(info.add_argument_group("output"), "json")
     info.set_defaults(handler=run_info)
 
@@ -102,6 +105,7 @@ def format_summary(summary: DatasetSummary) -> str:
         f"({summary.tiles_with_substantial_vague_areas:,} with more than "
         f"{SUBSTANTIAL_VAGUE_FRACTION:.0%} of the tile vague)"
     )
+    lines.extend(_resolution_lines(summary.resolution))
     if summary.problems:
         lines.append(f"problems: {len(summary.problems)} (these tiles are left out; "
                      "--strict makes them errors)")
@@ -111,9 +115,23 @@ def format_summary(summary: DatasetSummary) -> str:
     return "\n".join(lines)
 
 
+def _resolution_lines(resolution: dict[str, Any]) -> list[str]:
+    """``resolution: 0.5 µm/px for a run (recorded in the images); all 6 images record 0.5 µm/px`` and
+    the warning a run would print, if any."""
+    if not resolution:
+        return []
+    lines = [f"resolution: {resolution['mpp']:g} µm/px for a run ({resolution['source']}); "
+             f"{resolution['recorded']['text']}"]
+    if resolution["warning"]:
+        lines.append(f"  warning: {resolution['warning']}")
+    return lines
+
+
 def run_info(args: argparse.Namespace) -> int:
+    if args.mpp is not None:
+        DataConfig(mpp=args.mpp)  # the range a run accepts, as a one-line error naming data.mpp
     dataset = _open(args)
-    summary = summarize(dataset)
+    summary = summarize(dataset, mpp=args.mpp)
     if summary.problems and summary.images == 0:
         # Nothing usable is an error with or without --strict: usually one option fits no file.
         listing = "\n  - ".join(summary.problems)

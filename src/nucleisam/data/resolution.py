@@ -33,6 +33,61 @@ _SET_IT = (
 )
 
 
+#: ``RecordedResolution.state`` values.
+AGREE, DIFFER, PARTLY, NONE = "agree", "differ", "partly", "none"
+
+
+@dataclass(frozen=True)
+class RecordedResolution:
+    """What a data set's image files record: each one's µm/px, ``None`` where it records none."""
+
+    values: tuple[float | None, ...]
+
+    @property
+    def known(self) -> list[float]:
+        return [value for value in self.values if value is not None]
+
+    @property
+    def mpp(self) -> float | None:
+        """The resolution every image records, when they all record one and agree; else None."""
+        known = self.known
+        return _agreeing(known) if known and len(known) == len(self.values) else None
+
+    @property
+    def state(self) -> str:
+        """:data:`AGREE`, :data:`DIFFER` (all record one, not the same), :data:`PARTLY` (some record
+        none) or :data:`NONE`."""
+        known = self.known
+        if not known:
+            return NONE
+        if len(known) < len(self.values):
+            return PARTLY
+        return AGREE if self.mpp is not None else DIFFER
+
+    def describe(self) -> str:
+        """What the images record, in words: ``"all 6 images record 0.5 µm/px"`` and the like."""
+        known, state = self.known, self.state
+        if state == AGREE:
+            return f"all {len(known)} images record {self.mpp:g} µm/px"
+        if state == DIFFER:
+            return f"the images record different resolutions ({_span(known)})"
+        if state == PARTLY:
+            return (f"{len(known)} of {len(self.values)} images record a resolution ({_span(known)}), the "
+                    "others none")
+        return "the images record no resolution (or only an image editor's, such as 72 dpi)"
+
+    def to_dict(self) -> dict[str, object]:
+        known = self.known
+        return {"state": self.state, "images": len(self.values), "images_recording": len(known),
+                "mpp": self.mpp, "min": min(known, default=None), "max": max(known, default=None),
+                "text": self.describe()}
+
+
+def read_recorded(images: Sequence[str | os.PathLike[str]]) -> RecordedResolution:
+    """The resolutions ``images`` record (only their headers are read)."""
+    return RecordedResolution(tuple(recorded_mpp(path) for path in images))
+
+
 @dataclass(frozen=True)
 class DataResolution:
     """Microns per pixel of a data set's images, where the value came from (:data:`FROM_CONFIG`,
@@ -66,28 +121,26 @@ def resolve_data_mpp(
         nuinsseg_layout: the data set is in the NuInsSeg release layout: recording nothing, it is
             taken to be NuInsSeg at its resolution without a warning.
     """
-    recorded = [recorded_mpp(path) for path in images]
-    known = [value for value in recorded if value is not None]
+    return decide_data_mpp(mpp, read_recorded(images), nuinsseg_layout=nuinsseg_layout)
+
+
+def decide_data_mpp(
+    mpp: float | None, recorded: RecordedResolution, *, nuinsseg_layout: bool = False
+) -> DataResolution:
+    """:func:`resolve_data_mpp` for images whose recorded resolutions have been read already."""
     if mpp is not None:
-        agreed = _agreeing(known) if known and len(known) == len(recorded) else None
+        agreed = recorded.mpp
         if agreed is not None and _agreeing([agreed, mpp]) is None:
             return DataResolution(mpp, FROM_CONFIG, (
                 f"data.mpp (--mpp) is {mpp:g} µm/px but every image records {agreed:g} µm/px; using data.mpp "
                 f"{mpp:g}. Check which is right: the model records it as its training resolution."
             ))
         return DataResolution(mpp, FROM_CONFIG)
-    if known and len(known) == len(recorded):
-        agreed = _agreeing(known)
-        if agreed is not None:
-            return DataResolution(agreed, FROM_IMAGES)
-        problem = f"the images record different resolutions ({_span(known)})"
-    elif known:
-        problem = (f"{len(known)} of {len(recorded)} images record a resolution ({_span(known)}), the "
-                   "others none")
-    elif nuinsseg_layout:
+    if recorded.mpp is not None:  # every image records one, and they agree
+        return DataResolution(recorded.mpp, FROM_IMAGES)
+    if recorded.state == NONE and nuinsseg_layout:
         return DataResolution(NUINSSEG_MPP, FROM_DEFAULT)
-    else:
-        problem = "the images record no resolution (or only an image editor's, such as 72 dpi)"
     return DataResolution(NUINSSEG_MPP, FROM_DEFAULT, (
-        f"{problem}; assuming NuInsSeg's {NUINSSEG_MPP:g} µm/px. If that is not their resolution, {_SET_IT}."
+        f"{recorded.describe()}; assuming NuInsSeg's {NUINSSEG_MPP:g} µm/px. If that is not their "
+        f"resolution, {_SET_IT}."
     ))

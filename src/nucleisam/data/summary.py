@@ -1,4 +1,5 @@
-"""Counting what a data set holds: images, nuclei, organs, tiles with vague areas, problems."""
+"""Counting what a data set holds: images, nuclei, organs, tiles with vague areas, problems, and the
+resolution its images record and a run would use."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 from nucleisam.data.datasets import Dataset, Sample
 from nucleisam.data.labels import count_instances
+from nucleisam.data.resolution import decide_data_mpp, read_recorded
 from nucleisam.errors import NucleisamError
 
 #: A vague mask covering more than this share of its tile counts as a substantial vague area.
@@ -36,6 +38,9 @@ class DatasetSummary:
     tiles_with_vague_areas: int
     tiles_with_substantial_vague_areas: int
     problems: list[str] = field(default_factory=list)
+    #: ``recorded``: what the images record (state agree / differ / partly / none, the values);
+    #: ``mpp``, ``source``, ``warning``: what a run on this data (with the same data.mpp) would use.
+    resolution: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -95,10 +100,11 @@ def usable_dataset(dataset: Dataset, checks: Sequence[SampleCheck], *, strict: b
     return usable
 
 
-def summarize(dataset: Dataset, *, workers: int | None = None) -> DatasetSummary:
+def summarize(dataset: Dataset, *, workers: int | None = None, mpp: float | None = None) -> DatasetSummary:
     """Fully decode every sample of ``dataset`` and count its contents; files that do not decode
     (truncated, float or negative label maps, empty XML, mismatched sizes) are listed as problems
-    and left out of the counts instead of stopping the count."""
+    and left out of the counts instead of stopping the count. The resolution is decided as a run
+    with ``data.mpp`` = ``mpp`` decides it, over the same images (those with problems included)."""
     checks = check_samples(dataset.samples, workers=workers)
     organs: dict[str, OrganCount] = {}
     nuclei = vague = substantial = 0
@@ -121,4 +127,12 @@ def summarize(dataset: Dataset, *, workers: int | None = None) -> DatasetSummary
         tiles_with_vague_areas=vague,
         tiles_with_substantial_vague_areas=substantial,
         problems=list(dataset.problems) + [check.problem for check in checks if check.problem],
+        resolution=_resolution(dataset, mpp),
     )
+
+
+def _resolution(dataset: Dataset, mpp: float | None) -> dict[str, Any]:
+    recorded = read_recorded([sample.image_path for sample in dataset.samples])
+    resolution = decide_data_mpp(mpp, recorded, nuinsseg_layout=dataset.layout == "nuinsseg")
+    return {"recorded": recorded.to_dict(), "mpp": resolution.mpp, "source": resolution.source,
+            "warning": resolution.warning}

@@ -3,11 +3,14 @@
 A :class:`MethodSpec` names the method (an adapter path or the classical baseline) instead of
 holding a model, so it travels to workers as a few bytes; each process builds its
 :class:`~nucleisam.predict.predictor.Predictor` once, on first use, and keeps it
-(:func:`cached_predictor`), and keeps its open slides likewise. :func:`open_runner` gives the
-function that maps :func:`process_chunk` over chunks: in this process for ``workers <= 1`` (no
-Dask), on a :class:`distributed.LocalCluster` of ``workers`` single-threaded processes, or on an
-existing cluster (``scheduler``, e.g. dask-jobqueue on SLURM). Results come back as they finish;
-:class:`~nucleisam.predict.assemble.SlideAssembler` puts them in order.
+(:func:`cached_predictor`), and keeps its open slides likewise. A worker of an external cluster
+lives across runs, so both caches check the files they were made from (:func:`file_identity`): a
+slide or adapter rewritten at the same path is opened or loaded again, never served from the old
+copy. :func:`open_runner` gives the function that maps :func:`process_chunk` over chunks: in this
+process for ``workers <= 1`` (no Dask), on a :class:`distributed.LocalCluster` of ``workers``
+single-threaded processes, or on an existing cluster (``scheduler``, e.g. dask-jobqueue on SLURM).
+Results come back as they finish; :class:`~nucleisam.predict.assemble.SlideAssembler` puts them in
+order.
 """
 
 from __future__ import annotations
@@ -82,8 +85,29 @@ def method_mpp(spec: MethodSpec) -> float:
     return CLASSICAL_MPP
 
 
-_PREDICTORS: dict[MethodSpec, Predictor] = {}
-_SLIDES: OrderedDict[tuple[str, float | None], Any] = OrderedDict()
+#: What a file's contents are known by without reading them: (device, inode, size, modification ns).
+FileIdentity = tuple[int, int, int, int] | None
+
+#: spec → (identities of the files it names, predictor); a rewritten file replaces the entry.
+_PREDICTORS: dict[MethodSpec, tuple[tuple[FileIdentity, ...], Predictor]] = {}
+#: (path, mpp override) → (the file's identity, open slide), least recently used first.
+_SLIDES: OrderedDict[tuple[str, float | None], tuple[FileIdentity, Any]] = OrderedDict()
+
+
+def file_identity(path: str | os.PathLike[str] | None) -> FileIdentity:
+    """``path``'s identity: a new inode (a file replaced by rename), size or modification time means
+    new contents. ``None`` for no path or a file that cannot be stat'ed (opening it reports why)."""
+    if path is None:
+        return None
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def _method_files(spec: MethodSpec) -> tuple[FileIdentity, ...]:
+    return tuple(file_identity(path) for path in (spec.adapter, spec.model, spec.checkpoint))
 
 
 def _worker_index(name: object) -> int | None:
@@ -113,10 +137,13 @@ def _worker_device(device: str) -> str:
 
 
 def cached_predictor(spec: MethodSpec) -> Predictor:
-    """This process's predictor for ``spec``, built (the model loaded) on first use."""
-    predictor = _PREDICTORS.get(spec)
-    if predictor is not None:
-        return predictor
+    """This process's predictor for ``spec``, built (the model loaded) on first use and again when a
+    file it names (adapter, ONNX model, base checkpoint) has been rewritten since."""
+    files = _method_files(spec)
+    cached = _PREDICTORS.get(spec)
+    if cached is not None and cached[0] == files:
+        return cached[1]
+    _PREDICTORS.pop(spec, None)  # the old model goes before the new one loads, not both in memory
     if spec.kind == "classical":
         predictor = Predictor.classical(tile=spec.tile, overlap=spec.overlap)
     elif spec.kind == "model" and spec.adapter:
@@ -134,23 +161,28 @@ def cached_predictor(spec: MethodSpec) -> Predictor:
                                         batch_size=spec.batch_size, threads=spec.torch_threads)
     else:
         raise NucleisamError(f"unknown method {spec.kind!r}; use an adapter or the classical method.")
-    _PREDICTORS[spec] = predictor
+    _PREDICTORS[spec] = files, predictor
     return predictor
 
 
 def cached_slide(path: str, mpp: float | None) -> Any:
     """This process's open :class:`~nucleisam.data.slides.SlideImage` for ``path`` (least recently
-    used ones closed beyond :data:`OPEN_SLIDES`)."""
+    used ones closed beyond :data:`OPEN_SLIDES`; one whose file was rewritten since is closed and the
+    new file opened)."""
     from nucleisam.data.slides import open_image
 
     key = (path, mpp)
-    if key in _SLIDES:
-        _SLIDES.move_to_end(key)
-        return _SLIDES[key]
+    identity = file_identity(path)
+    cached = _SLIDES.pop(key, None)
+    if cached is not None:
+        if cached[0] == identity:
+            _SLIDES[key] = cached  # back in, as the most recently used
+            return cached[1]
+        cached[1].close()
     slide = open_image(path, mpp=mpp)
-    _SLIDES[key] = slide
+    _SLIDES[key] = identity, slide
     while len(_SLIDES) > OPEN_SLIDES:
-        _SLIDES.popitem(last=False)[1].close()
+        _SLIDES.popitem(last=False)[1][1].close()
     return slide
 
 
