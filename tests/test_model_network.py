@@ -6,6 +6,8 @@ behaviour tested does not depend on the size: the same modules run at 1024.
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -329,3 +331,29 @@ def test_encoder_sees_sam_normalised_resized_zero_padded_input(head: str) -> Non
     resized_width = round(60 * 256 / 100)  # longest side 100 -> 256, aspect ratio kept
     torch.testing.assert_close(encoder_input[..., :resized_width], torch.ones(1, 3, 256, resized_width))
     assert encoder_input[..., resized_width:].abs().max() == 0
+
+
+# --- device placement ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("head", ["instance", "sam"])
+def test_forward_makes_no_tensor_on_a_fixed_device(head: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Everything a forward pass creates lives on the input's device. A tensor made on the CPU inside
+    ``forward`` would only fail on a GPU, which no test machine has; on torch's ``meta`` device
+    (shapes without data) the same mistake fails here. Training copy and inference copy alike."""
+    from nucleisam.model.prepared import prepare_for_inference
+
+    real_autocast = torch.autocast
+
+    def autocast(device_type: str, *args, **kwargs):  # torch has no autocast state for "meta";
+        if device_type == "meta":  # kornia's positional encoding asks for it (disabled) anyway
+            return contextlib.nullcontext()
+        return real_autocast(device_type, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "autocast", autocast)
+    model = random_model(head=head, mode="lora").to("meta")
+    batch = torch.empty(2, 3, 200, 256, device="meta")  # not square: the padding path runs too
+    for copy in (model.train(), prepare_for_inference(model.eval())):
+        outputs = copy(batch)
+        assert outputs and all(value.device.type == "meta" and value.shape[-2:] == (200, 256)
+                               for value in outputs.values())
