@@ -68,15 +68,18 @@ def available_cores() -> int:
 def auto_postprocess_workers(network: str, cores: int | None = None) -> int:
     """Post-processing threads for ``"auto"``: ``network`` is where the network runs (``"cuda"``,
     ``"cpu"``, or ``"none"`` for the classical method), ``cores`` the cores this process may use
-    (default :func:`available_cores`; a Dask worker's share on a local cluster).
+    (default :func:`available_cores`; a Dask worker's share on a local cluster). One core: none.
 
-    With the network on a GPU or no network at all, the CPU only post-processes: every core but the
-    one that drives the network (or pastes tiles) and stitches. With the network on the CPU, torch's
-    threads already use every core, and an extra thread only takes turns with them (measured in
-    ``benchmarks/predict.py --sections overlap``), so none.
+    With the network on a GPU, every core but the one that drives it and stitches. With no network,
+    every core: this thread only cuts tiles and stitches, and waits for the pool the rest of the
+    time. With the network on the CPU, none: torch's threads already use every core, and
+    post-processing is a few percent of a tile's time there, within the noise of
+    ``benchmarks/predict.py --sections overlap`` on two cores.
     """
     cores = available_cores() if cores is None else cores
-    return max(cores - 1, 0) if network in ("cuda", "none") else 0
+    if cores <= 1 or network == "cpu":
+        return 0
+    return cores - 1 if network == "cuda" else cores
 
 
 def resolve_postprocess_workers(setting: PostprocessWorkers, network: str, cores: int | None = None) -> int:
