@@ -231,13 +231,14 @@ def test_bad_postprocess_workers_is_a_usage_error(value: str, tmp_path: Path,
     assert not (tmp_path / "o").exists()
 
 
-def test_auto_uses_the_free_cores_and_none_beside_a_cpu_network() -> None:
+def test_auto_uses_the_free_cores_and_one_beside_a_cpu_network() -> None:
     assert auto_postprocess_workers("cuda", 16) == 15  # one core drives the GPU and stitches
     assert auto_postprocess_workers("none", 16) == 16  # the classical method: nothing else to run
-    assert auto_postprocess_workers("cpu", 16) == 0
+    assert auto_postprocess_workers("cpu", 16) == 1  # hides post-processing behind torch's threads
     for network in ("cuda", "none", "cpu"):
         assert auto_postprocess_workers(network, 1) == 0  # a single-core Dask worker starts no thread
     assert resolve_postprocess_workers(3, "cpu", 16) == 3
+    assert resolve_postprocess_workers("auto", "cpu", 16) == 1
     with pytest.raises(NucleisamError, match="postprocess_workers=-2"):
         resolve_postprocess_workers(-2, "cuda")
     with pytest.raises(NucleisamError, match="postprocess_workers=-1"):

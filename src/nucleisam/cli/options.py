@@ -194,8 +194,8 @@ OPTIONS: dict[str, Option] = _define(
            metavar="N"),
     Option("--postprocess-workers", "threads post-processing tiles while the network runs the next batch "
            "(0: one after the other; the output is the same); auto: all cores but one with the network on "
-           "a GPU, all with the classical method, 0 with the network on the CPU; per Dask worker, its "
-           "share of the cores", default="auto", params=("postprocess_workers",),
+           "a GPU, all with the classical method, 1 with the network on the CPU; per Dask worker, its "
+           "share of the cores (one core: 0)", default="auto", params=("postprocess_workers",),
            type=postprocess_workers_spec, metavar="auto|N"),
     Option("--tissue", "where slides are segmented: auto (tissue detected on the thumbnail), none (every "
            "tile), or a mask image of the whole slide at any size (white = tissue)", default="auto",
