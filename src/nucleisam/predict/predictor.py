@@ -75,7 +75,7 @@ def auto_postprocess_workers(network: str, cores: int | None = None) -> int:
     time. With the network on the CPU, one: torch's threads already use every core and
     post-processing is a few percent of a tile's time there, but one thread hiding it measured
     best (``benchmarks/predict.py --sections overlap``, two cores: 1.14 and 1.24 tiles/s against
-    1.05 and 1.17 serial, two thread no better than one).
+    1.05 and 1.17 serial; two threads no better than one).
     """
     cores = available_cores() if cores is None else cores
     if cores <= 1:
@@ -117,8 +117,10 @@ class Predictor:
         mpp: microns per pixel of the images the method was trained or tuned at (``None``: unknown);
             a slide is read and resampled to this resolution before prediction.
         postprocess_workers: threads post-processing one batch's tiles while the network runs the
-            next (0: one after the other in the calling thread). The output is the same either way.
-            The factories take ``"auto"`` too (their default, :func:`auto_postprocess_workers`).
+            next (0: one after the other in the calling thread). The output is the same either way;
+            ``label_fn`` must then be safe to call from several threads at once (the package's
+            post-processing is). The factories take ``"auto"`` too (their default,
+            :func:`auto_postprocess_workers`).
     """
 
     def __init__(
