@@ -73,9 +73,9 @@ def auto_postprocess_workers(network: str, cores: int | None = None) -> int:
     With the network on a GPU, every core but the one that drives it and stitches. With no network,
     every core: this thread only cuts tiles and stitches, and waits for the pool the rest of the
     time. With the network on the CPU, one: torch's threads already use every core and
-    post-processing is a few percent of a tile's time there, but one thread hiding it measured
-    best (``benchmarks/predict.py --sections overlap``, two cores: 1.14 and 1.24 tiles/s against
-    1.05 and 1.17 serial; two threads no better than one).
+    post-processing is a few percent of a tile's time there, but one thread hiding it was ahead of
+    serial in both runs of ``benchmarks/predict.py --sections overlap`` on two cores (1.14 and 1.24
+    tiles/s against 1.05 and 1.17), two threads in one run only.
     """
     cores = available_cores() if cores is None else cores
     if cores <= 1:
