@@ -3,9 +3,9 @@ memory of predicting and exporting an 8192×8192 image.
 
 Usage::
 
-    python benchmarks/predict.py [--sections cpu,profile,throughput,exports,memory] [--tiles 6]
+    python benchmarks/predict.py [--sections cpu,profile,throughput,overlap,exports,memory] [--tiles 6]
                                  [--memory-size 8192] [--memory-method model|classical] [--device cpu]
-                                 [--compile]
+                                 [--compile] [--postprocess-workers 0,1,2] [--repeats 3]
 
 - ``cpu``: today's path against the faster ones, in one run on the same bundled tiles at input 512
   (NucleiSam, instance head, random weights with a non-zero LoRA update, one tile per call, the
@@ -23,6 +23,15 @@ Usage::
   give the network's real cost but meaningless maps, so the post-processing is also timed on
   realistic maps (the training targets of the true labels); tiles/s is reported for both. The
   classical baseline's tiles/s is the reference.
+- ``overlap``: tiles/s end to end through :class:`~nucleisam.predict.predictor.Predictor` (network,
+  post-processing, stitching) with 0, 1, 2 ... post-processing threads (``--postprocess-workers``),
+  on a mosaic of ``--copies`` rows of the bundled 512² tiles, cut back into exactly those tiles
+  (overlap 0, batches of 4).
+  The network is a randomly initialised NucleiSam at input 512 on ``--device``, whose maps are
+  then replaced by realistic ones (the training targets of the true labels), so the network costs what
+  it costs and the post-processing what it does on real maps. Also *maps given* (no network: the
+  post-processing bound, what a fast GPU leaves) and the classical baseline. Each setting runs
+  ``--repeats`` times in turns; the table gives the median and the range.
 - ``exports``: all four exports of an 8192×8192 image tiled from a sample tile and its true labels
   (≈ 48,600 nuclei), in a fresh process: seconds and peak resident memory.
 - ``memory``: ``nucleisam predict``'s whole path (tiled prediction + exports) on the same 8192×8192
@@ -127,6 +136,75 @@ def throughput(count: int, device: str) -> list[dict]:
                  "postprocess_s_per_tile_realistic_maps": seconds, "tiles_per_s_realistic": 1.0 / seconds,
                  "network_share_realistic": 0.0})
     return rows
+
+
+def overlap(count: int, copies: int, device: str, workers: list[int], repeats: int,
+            batch_size: int = 4) -> dict:
+    import torch
+
+    from nucleisam.config import ModelConfig, PostprocessConfig
+    from nucleisam.data import instance_targets
+    from nucleisam.model import build_model
+    from nucleisam.model.inference import resolve_device, tile_map_fn
+    from nucleisam.postprocess import instances_from_maps
+    from nucleisam.predict.predictor import Predictor
+
+    tiles = sample_tiles(count)
+    # The sample tiles side by side, ``copies`` rows of them: grid tile i is sample tile i % count.
+    row = np.concatenate([image for image, _ in tiles], axis=1)
+    mosaic = np.ascontiguousarray(np.tile(row, (copies, 1, 1)))
+    realistic = [{name: np.asarray(value, np.float32) for name, value in instance_targets(labels).items()}
+                 for _, labels in tiles]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the random-initialisation warning: intended here
+        model = build_model(ModelConfig(input_size=512, weights="none"))
+    network = tile_map_fn(model, resolve_device(device))
+
+    def given_maps(run_network: bool):
+        """A map_fn returning the realistic maps of the tiles in grid order (the network run first)."""
+        position = [0]
+
+        def map_fn(batch: np.ndarray) -> dict[str, np.ndarray]:
+            if run_network:
+                network(batch)
+            chosen = [realistic[(position[0] + slot) % count] for slot in range(len(batch))]
+            position[0] += len(batch)
+            return {name: np.stack([maps[name] for maps in chosen]) for name in chosen[0]}
+
+        return map_fn
+
+    config = PostprocessConfig()
+
+    def label_fn(maps, image: np.ndarray) -> np.ndarray:
+        return instances_from_maps(dict(maps), config)
+
+    methods = {
+        f"NucleiSam input 512 ({device}, {torch.get_num_threads()} torch threads)":
+            lambda w: Predictor(label_fn=label_fn, map_fn=given_maps(True), tile=512, overlap=0,
+                                batch_size=batch_size, postprocess_workers=w),
+        "maps given (no network: post-processing bound)":
+            lambda w: Predictor(label_fn=label_fn, map_fn=given_maps(False), tile=512, overlap=0,
+                                batch_size=batch_size, postprocess_workers=w),
+        "classical baseline": lambda w: Predictor.classical(tile=512, overlap=0, postprocess_workers=w),
+    }
+    seconds: dict[tuple[str, int], list[float]] = {}
+    reference: dict[str, np.ndarray] = {}
+    for name, make in methods.items():
+        make(0).predict(mosaic)  # warm-up (allocator, kernels)
+        for _ in range(repeats):
+            for count_workers in workers:  # in turns, so a busy machine slows every setting alike
+                result = make(count_workers).predict(mosaic)
+                assert result.n_tiles == count * copies
+                seconds.setdefault((name, count_workers), []).append(result.seconds)
+                # Every setting gives the serial path's labels exactly.
+                assert np.array_equal(reference.setdefault(name, result.labels), result.labels), name
+    rows = []
+    for (name, count_workers), times in seconds.items():
+        rates = sorted(count * copies / t for t in times)
+        rows.append({"method": name, "postprocess_workers": count_workers, "tiles": count * copies,
+                     "tiles_per_s_median": float(np.median(rates)), "tiles_per_s_min": rates[0],
+                     "tiles_per_s_max": rates[-1], "seconds": times})
+    return {"tiles": count * copies, "batch_size": batch_size, "repeats": repeats, "rows": rows}
 
 
 def random_lora_model(input_size: int):
@@ -342,6 +420,10 @@ def main() -> None:
     parser.add_argument("--memory-method", choices=["model", "classical"], default="model")
     parser.add_argument("--input-size", type=int, default=512, help="model input for the memory section")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--postprocess-workers", default="0,1,2",
+                        help="overlap section: comma-separated post-processing thread counts")
+    parser.add_argument("--repeats", type=int, default=3, help="overlap section: runs of each setting")
+    parser.add_argument("--copies", type=int, default=4, help="overlap section: rows of sample tiles")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -377,6 +459,16 @@ def main() -> None:
             print(f"{row['method']:<44} {row['network_s_per_tile']:>10.3f} "
                   f"{row['postprocess_s_per_tile_realistic_maps']:>11.3f} "
                   f"{row['tiles_per_s_realistic']:>8.2f} {row['network_share_realistic']:>9.0%}")
+    if "overlap" in sections:
+        workers = [int(text) for text in args.postprocess_workers.split(",")]
+        result = report["overlap"] = overlap(args.tiles, args.copies, args.device, workers, args.repeats)
+        print(f"\noverlap: {result['tiles']} tiles of 512x512 ({args.copies} copies of {args.tiles} sample "
+              f"tiles) as one mosaic, batches of "
+              f"{result['batch_size']}, {result['repeats']} runs each (median, min-max)")
+        print(f"{'method':<52} {'post workers':>12} {'tiles/s':>8} {'range':>15}")
+        for row in result["rows"]:
+            print(f"{row['method']:<52} {row['postprocess_workers']:>12} {row['tiles_per_s_median']:>8.2f} "
+                  f"{row['tiles_per_s_min']:>7.2f}-{row['tiles_per_s_max']:<7.2f}")
     large = []
     if "exports" in sections:
         large.append(run_child({"kind": "exports", "size": args.memory_size}))

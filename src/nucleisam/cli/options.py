@@ -36,6 +36,19 @@ def device_spec(text: str) -> str:
     return text
 
 
+def postprocess_workers_spec(text: str) -> int | str:
+    """argparse type of ``--postprocess-workers``: ``auto`` or a number of threads ≥ 0."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not auto or a number of threads (0 or more)")
+    return value
+
+
 @dataclass(frozen=True)
 class Option:
     """One option. ``dest`` (by default the flag without dashes, ``-`` → ``_``) is its name here and
@@ -179,6 +192,11 @@ OPTIONS: dict[str, Option] = _define(
            params=("overlap",), type=int, metavar="PX"),
     Option("--batch-size", "tiles per network call", default=4, params=("batch_size",), type=int,
            metavar="N"),
+    Option("--postprocess-workers", "threads post-processing tiles while the network runs the next batch "
+           "(0: one after the other; the output is the same); auto: all cores but one with the network on "
+           "a GPU, all with the classical method, 1 with the network on the CPU; per Dask worker, its "
+           "share of the cores (one core: 0)", default="auto", params=("postprocess_workers",),
+           type=postprocess_workers_spec, metavar="auto|N"),
     Option("--tissue", "where slides are segmented: auto (tissue detected on the thumbnail), none (every "
            "tile), or a mask image of the whole slide at any size (white = tissue)", default="auto",
            params=("tissue",), metavar="auto|none|MASK.png"),

@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_option(parser.add_argument_group("data"), "mpp")
     add_options(parser.add_argument_group("model"), ("adapter", "method", "checkpoint",
                                                       "allow_checkpoint_mismatch", "model", "backend"))
-    add_options(parser.add_argument_group("run"), ("tile", "overlap", "batch_size", "device"))
+    add_options(parser.add_argument_group("run"), ("tile", "overlap", "batch_size", "device",
+                                                    "postprocess_workers"))
     add_options(parser.add_argument_group("whole slides"), ("tissue", "workers", "scheduler", "chunk_tiles"))
     output = parser.add_argument_group("output")
     add_option(output, "out", required=True)
@@ -111,6 +112,7 @@ def run_predict(args: argparse.Namespace) -> int:
         tile=tile, overlap=args.overlap, batch_size=args.batch_size,
         allow_checkpoint_mismatch=args.allow_checkpoint_mismatch,
         torch_threads=default_torch_threads(args.workers) if args.workers > 1 else None,
+        postprocess_workers=args.postprocess_workers,
     )
     options = CohortOptions(method=spec, formats=formats, tissue=args.tissue, mpp=args.mpp,
                             overwrite=args.overwrite, workers=args.workers, scheduler=args.scheduler,

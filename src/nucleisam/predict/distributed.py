@@ -26,7 +26,12 @@ from itertools import islice
 from typing import Any
 
 from nucleisam.errors import NucleisamError
-from nucleisam.predict.predictor import Predictor
+from nucleisam.predict.predictor import (
+    PostprocessWorkers,
+    Predictor,
+    available_cores,
+    resolve_postprocess_workers,
+)
 from nucleisam.predict.slide import Chunk, ChunkResult, SlideJob, read_working_region, segment_chunk
 
 #: Chunks submitted ahead per worker: enough to keep every worker busy, few enough to bound memory.
@@ -53,7 +58,11 @@ class MethodSpec:
     ``kind`` is ``"model"`` (``adapter`` required; ``checkpoint`` the base MobileSAM weights, default the
     cached official file), ``"onnx"`` (``model``: a file written by ``nucleisam export --format onnx``,
     run in ONNX Runtime) or ``"classical"``. ``torch_threads`` caps torch's (or ONNX Runtime's)
-    threads in each process that loads the model (``None``: leave the library's default).
+    threads in each process that loads the model (``None``: leave the library's default), and is
+    that process's share of the cores for ``postprocess_workers``: threads post-processing tiles
+    while the network runs (``"auto"``: :func:`~nucleisam.predict.predictor.auto_postprocess_workers`
+    for the process's device and cores; it does not change the output, so it is not part of the
+    manifest's fingerprint).
     """
 
     kind: str
@@ -66,6 +75,7 @@ class MethodSpec:
     batch_size: int = 4
     allow_checkpoint_mismatch: bool = False
     torch_threads: int | None = None
+    postprocess_workers: PostprocessWorkers = "auto"
 
 
 def method_mpp(spec: MethodSpec) -> float:
@@ -144,21 +154,29 @@ def cached_predictor(spec: MethodSpec) -> Predictor:
     if cached is not None and cached[0] == files:
         return cached[1]
     _PREDICTORS.pop(spec, None)  # the old model goes before the new one loads, not both in memory
+    cores = spec.torch_threads or available_cores()  # a local cluster's worker: its share only
     if spec.kind == "classical":
-        predictor = Predictor.classical(tile=spec.tile, overlap=spec.overlap)
+        workers = resolve_postprocess_workers(spec.postprocess_workers, "none", cores)
+        predictor = Predictor.classical(tile=spec.tile, overlap=spec.overlap, postprocess_workers=workers)
     elif spec.kind == "model" and spec.adapter:
+        from nucleisam.model.inference import resolve_device
+
         if spec.torch_threads is not None:
             import torch
 
             torch.set_num_threads(spec.torch_threads)
+        device = _worker_device(spec.device)
+        workers = resolve_postprocess_workers(spec.postprocess_workers, resolve_device(device).type, cores)
         predictor = Predictor.from_adapter(
-            spec.adapter, checkpoint=spec.checkpoint, device=_worker_device(spec.device), tile=spec.tile,
+            spec.adapter, checkpoint=spec.checkpoint, device=device, tile=spec.tile,
             overlap=spec.overlap, batch_size=spec.batch_size,
-            allow_checkpoint_mismatch=spec.allow_checkpoint_mismatch,
+            allow_checkpoint_mismatch=spec.allow_checkpoint_mismatch, postprocess_workers=workers,
         )
     elif spec.kind == "onnx" and spec.model:
+        workers = resolve_postprocess_workers(spec.postprocess_workers, "cpu", cores)
         predictor = Predictor.from_onnx(spec.model, tile=spec.tile, overlap=spec.overlap,
-                                        batch_size=spec.batch_size, threads=spec.torch_threads)
+                                        batch_size=spec.batch_size, threads=spec.torch_threads,
+                                        postprocess_workers=workers)
     else:
         raise NucleisamError(f"unknown method {spec.kind!r}; use an adapter or the classical method.")
     _PREDICTORS[spec] = files, predictor
@@ -191,7 +209,8 @@ def process_chunk(job: SlideJob, chunk: Chunk) -> ChunkResult:
     slide = cached_slide(job.path, job.mpp_override)
     predictor = cached_predictor(job.method)
     image = read_working_region(slide, job.geometry, *chunk.region)
-    return segment_chunk(job, chunk, image, predictor.label_fn, predictor.map_fn, predictor.batch_size)
+    return segment_chunk(job, chunk, image, predictor.label_fn, predictor.map_fn, predictor.batch_size,
+                         predictor.postprocess_workers)
 
 
 def run_in_process(job: SlideJob, chunks: Iterable[Chunk]) -> Iterator[ChunkResult]:

@@ -234,12 +234,14 @@ def contested_edges(grid: TileGrid, chunk: Chunk, chunk_tiles: int) -> tuple[int
 
 
 def segment_chunk(job: SlideJob, chunk: Chunk, image: np.ndarray, label_fn: Any, map_fn: Any,
-                  batch_size: int) -> ChunkResult:
-    """Segment one chunk whose region pixels are ``image`` and keep the nuclei it owns."""
+                  batch_size: int, postprocess_workers: int = 0) -> ChunkResult:
+    """Segment one chunk whose region pixels are ``image`` and keep the nuclei it owns
+    (``postprocess_workers``: see :func:`~nucleisam.predict.tiling.stitch_tiles`)."""
     start = time.perf_counter()
     stitcher = InstanceStitcher(job.grid, window=chunk.region, run=job.run)
     tiles = [job.grid.tile_at(index) for index in chunk.tiles]
-    stitch_tiles(image, tiles, stitcher, label_fn=label_fn, map_fn=map_fn, batch_size=batch_size)
+    stitch_tiles(image, tiles, stitcher, label_fn=label_fn, map_fn=map_fn, batch_size=batch_size,
+                 postprocess_workers=postprocess_workers)
     labels, _ = stitcher.finish()
     owned = _owned_labels(job, chunk, stitcher, labels)
     table = measure_nuclei(owned, image)

@@ -27,6 +27,7 @@ from the tile whose core holds it).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from scipy import ndimage as ndi
 
 from nucleisam.errors import NucleisamError
 from nucleisam.morphometry import compact_labels
+from nucleisam.utils.pool import ordered_map
 
 #: (B, h, w, 3) uint8 tiles → maps of shape (B, h, w), e.g. foreground probability.
 MapFn = Callable[[np.ndarray], Mapping[str, np.ndarray]]
@@ -171,6 +173,13 @@ def check_tiling(tile: int, overlap: int) -> None:
             f"overlap={overlap} must be ≥ 0 and smaller than tile={tile}; "
             "use about the diameter of the largest nucleus in pixels (64 is typical)."
         )
+
+
+def check_postprocess_workers(workers: int) -> None:
+    """Validate a number of post-processing threads (errors name the parameter ``postprocess_workers``)."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise NucleisamError(f"postprocess_workers={workers!r} is not valid: use 0 (post-process in the "
+                             "network's thread) or a number of threads.")
 
 
 @dataclass
@@ -323,6 +332,7 @@ def predict_tiled(
     pad_value: int = 255,
     return_maps: bool = False,
     on_tile_done: Callable[[int], object] | None = None,
+    postprocess_workers: int = 0,
 ) -> TiledResult:
     """Segment an RGB image of any size tile by tile and stitch the instances.
 
@@ -339,11 +349,14 @@ def predict_tiled(
         return_maps: also stitch the maps into full-size float32 planes (each pixel from the tile
             whose core holds it).
         on_tile_done: called with 1 after each tile (e.g. ``tqdm.update``).
+        postprocess_workers: threads running ``label_fn`` while the network runs the next batch
+            (0: one after the other in this thread); the result is the same.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}")
     if batch_size < 1:
         raise NucleisamError(f"batch_size={batch_size} is not valid: it must be at least 1.")
+    check_postprocess_workers(postprocess_workers)
     height, width = image.shape[:2]
     grid = TileGrid.for_image(height, width, tile=tile, overlap=overlap)
     stitcher = InstanceStitcher(grid)
@@ -356,7 +369,7 @@ def predict_tiled(
             on_tile_done(1)
 
     stitch_tiles(image, list(grid), stitcher, label_fn=label_fn, map_fn=map_fn, batch_size=batch_size,
-                 pad_value=pad_value, on_tile_done=tile_done)
+                 pad_value=pad_value, on_tile_done=tile_done, postprocess_workers=postprocess_workers)
     labels, count = stitcher.finish()
     return TiledResult(labels, count, len(grid), stitched_maps)
 
@@ -371,12 +384,37 @@ def stitch_tiles(
     batch_size: int,
     pad_value: int = 255,
     on_tile_done: Callable[[Tile, Mapping[str, np.ndarray]], object] | None = None,
+    postprocess_workers: int = 0,
 ) -> None:
     """Run ``tiles`` (in the given order, ``batch_size`` per network call) and add each to ``stitcher``.
 
     ``image`` holds the stitcher's window (the whole image, or one slide chunk's region); tile
-    coordinates are those of the whole image.
+    coordinates are those of the whole image. With ``postprocess_workers`` ≥ 1, ``label_fn`` runs in
+    that many threads while this thread runs the network on the following batches; tiles still reach
+    the stitcher (and ``on_tile_done``) in the given order, so the result is the same as with 0 (all
+    in this thread, one step after the other).
     """
+    def label(work: tuple[Tile, dict[str, np.ndarray], np.ndarray]) -> np.ndarray:
+        _, tile_maps, crop = work
+        return np.asarray(label_fn(tile_maps, crop))
+
+    work = _tile_inputs(image, tiles, stitcher, map_fn=map_fn, batch_size=batch_size, pad_value=pad_value)
+    # Room for two batches, or two tiles per worker, taken and not yet stitched: enough to keep the
+    # workers busy while the next batch runs, and a bound on the maps held.
+    ahead = 2 * max(batch_size, postprocess_workers)
+    with contextlib.closing(ordered_map(label, work, workers=postprocess_workers, ahead=ahead)) as results:
+        for (item, tile_maps, _), labels in results:
+            stitcher.add(item, labels)
+            if on_tile_done is not None:
+                on_tile_done(item, tile_maps)
+
+
+def _tile_inputs(
+    image: np.ndarray, tiles: Sequence[Tile], stitcher: InstanceStitcher, *, map_fn: MapFn | None,
+    batch_size: int, pad_value: int,
+) -> Iterator[tuple[Tile, dict[str, np.ndarray], np.ndarray]]:
+    """(tile, its maps, its pixels) for each of ``tiles``, cropped to the part inside the image; the
+    network runs on a batch when its first tile is asked for."""
     size = stitcher.grid.tile
     wy, wx = stitcher.window[:2]
     for start in range(0, len(tiles), batch_size):
@@ -392,10 +430,7 @@ def stitch_tiles(
                                  f"({len(batch)}, {size}, {size})")
         for slot, item in enumerate(batch):
             h, w = item.y1 - item.y0, item.x1 - item.x0
-            tile_maps = {name: values[slot, :h, :w] for name, values in maps.items()}
-            stitcher.add(item, np.asarray(label_fn(tile_maps, crops[slot, :h, :w])))
-            if on_tile_done is not None:
-                on_tile_done(item, tile_maps)
+            yield item, {name: values[slot, :h, :w] for name, values in maps.items()}, crops[slot, :h, :w]
 
 
 def _paste_core(
