@@ -63,7 +63,7 @@ def test_gpu_sh_dry_run_in_a_fresh_copy(tmp_path: Path) -> None:
     assert result["machine"]["dry_run"] is True
     measures = [row["measure"] for row in result["results"]]
     assert [m.split(" input")[0] for m in measures] == [
-        "train lora:instance", "train lora:sam", "infer network", "infer end to end"]
+        "train lora:instance", "train lora:sam", "infer network", "infer end to end", "infer predict path"]
     assert all(row["per_s"] > 0 for row in result["results"])
 
 
