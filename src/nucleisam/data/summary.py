@@ -4,7 +4,6 @@ resolution its images record and a run would use."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -14,6 +13,7 @@ from nucleisam.data.datasets import Dataset, Sample
 from nucleisam.data.labels import count_instances
 from nucleisam.data.resolution import decide_data_mpp, read_recorded
 from nucleisam.errors import NucleisamError
+from nucleisam.utils.pool import available_cores
 
 #: A vague mask covering more than this share of its tile counts as a substantial vague area.
 #: In NuInsSeg many tiles carry only a tiny placeholder blob (≈40–110 px, touching no nucleus).
@@ -82,7 +82,7 @@ def check_sample(sample: Sample) -> SampleCheck:
 def check_samples(samples: Sequence[Sample], *, workers: int | None = None) -> list[SampleCheck]:
     """:func:`check_sample` for every sample, in order, decoding ``workers`` files at a time
     (default: up to 8, one per core; the decoders release the GIL)."""
-    workers = workers or min(8, os.cpu_count() or 1)
+    workers = workers or min(8, available_cores())
     if workers == 1 or len(samples) < 2:
         return [check_sample(sample) for sample in samples]
     with ThreadPoolExecutor(max_workers=workers) as pool:

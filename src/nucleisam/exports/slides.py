@@ -49,6 +49,7 @@ from PIL import Image, ImageDraw
 from nucleisam.exports.images import NUCLEUS_CLASS, rounded_rows
 from nucleisam.predict.assemble import SLIDE_COLUMNS, CommittedChunk
 from nucleisam.predict.slide import SlideGeometry
+from nucleisam.utils.pool import available_cores
 
 SLIDE_FORMATS: tuple[str, ...] = (
     "parquet", "csv", "geojson", "geojson.gz", "zarr", "ome-tiff", "overlay", "tissue")
@@ -169,7 +170,7 @@ def write_label_ome_tiff(path: Path, levels: list[Any], mpp: float, name: str) -
                 "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"}
     # Deflate is most of the time: every core this process may use encodes (inference is over by now),
     # a few tiles each per batch, since tifffile reads a whole batch of tiles before it encodes them.
-    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = available_cores()
     batch = 4 * workers * OME_TIFF_TILE**2 * np.dtype(np.uint32).itemsize
     with tifffile.TiffWriter(path, bigtiff=raw > BIGTIFF_BYTES, ome=True) as writer:
         for index, level in enumerate(levels):

@@ -26,13 +26,9 @@ from itertools import islice
 from typing import Any
 
 from nucleisam.errors import NucleisamError
-from nucleisam.predict.predictor import (
-    PostprocessWorkers,
-    Predictor,
-    available_cores,
-    resolve_postprocess_workers,
-)
+from nucleisam.predict.predictor import PostprocessWorkers, Predictor, resolve_postprocess_workers
 from nucleisam.predict.slide import Chunk, ChunkResult, SlideJob, read_working_region, segment_chunk
+from nucleisam.utils.pool import available_cores
 
 #: Chunks submitted ahead per worker: enough to keep every worker busy, few enough to bound memory.
 IN_FLIGHT_PER_WORKER = 2
@@ -244,7 +240,7 @@ def dask_runner(client: Any, workers: int) -> ChunkRunner:
 
 def default_torch_threads(workers: int) -> int:
     """Torch threads per worker so that ``workers`` processes do not oversubscribe the cores."""
-    return max(1, (os.cpu_count() or 1) // max(workers, 1))
+    return max(1, available_cores() // max(workers, 1))
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ import numpy as np
 from nucleisam.config import NUINSSEG_MPP, PostprocessConfig
 from nucleisam.errors import NucleisamError
 from nucleisam.predict.tiling import LabelFn, MapFn, check_postprocess_workers, check_tiling, predict_tiled
+from nucleisam.utils.pool import available_cores
 
 if TYPE_CHECKING:
     import torch
@@ -58,11 +59,6 @@ class Prediction:
 #: ``postprocess_workers`` of the factories: a number of threads, or ``"auto"``
 #: (:func:`auto_postprocess_workers`).
 PostprocessWorkers = int | Literal["auto"]
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity: what a SLURM job or ``taskset`` grants)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def auto_postprocess_workers(network: str, cores: int | None = None) -> int:
